@@ -1,0 +1,47 @@
+# maa-gateway — two commands: `make demo` and `make test`. Both set up everything first.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+.PHONY: demo test test-unit lint bench services venv clean help
+
+help:
+	@echo "make demo   two administrations exchange a signed request and reply end to end"
+	@echo "make test   unit and integration tests (real RabbitMQ, PostgreSQL, TLS, openssl, xmlsec1)"
+	@echo "make lint   ruff and mypy"
+	@echo "make bench  benchmarks (see bench/README.md)"
+
+venv: $(STAMP)
+
+# Reinstall only when the project's metadata changed: a second run is quick.
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	@$(BIN)/python -m pip install --quiet --upgrade pip >/dev/null 2>&1 || true
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@touch $(STAMP)
+
+services:
+	@bash deploy/scripts/ensure-services.sh
+
+demo: venv services
+	$(BIN)/maagw demo $(DEMO_ARGS)
+
+test: venv services
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-unit: venv
+	$(BIN)/python -m pytest --ignore=tests/integration $(PYTEST_ARGS)
+
+lint: venv
+	$(BIN)/ruff check gateway adapters tests bench
+	$(BIN)/ruff format --check gateway adapters tests bench
+	$(BIN)/mypy
+
+bench: venv services
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

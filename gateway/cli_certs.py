@@ -1,0 +1,344 @@
+"""``maagw certs``: the operator's certificate commands.
+
+A click group the main CLI attaches with ``main.add_command(certs)``. Each
+command prints the paths it wrote, one per line. Exit status: 0 done; 1 a
+check failed; 2 usage or configuration error (one line on stderr).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import ParamSpec, TypeVar
+
+import click
+
+from gateway import certs as certs_mod
+from gateway.errors import ConfigError, GatewayError
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+_PathArg = click.Path(path_type=Path)
+_ExistingFile = click.Path(path_type=Path, exists=True, dir_okay=False)
+_ExistingDir = click.Path(path_type=Path, exists=True, file_okay=False)
+
+
+def _one_line_errors(func: Callable[P, R]) -> Callable[P, R]:
+    """Turn a GatewayError into one line on stderr and exit 2 (config) or 1."""
+
+    @functools.wraps(func)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return func(*args, **kwargs)
+        except GatewayError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2 if isinstance(exc, ConfigError) else 1)
+
+    return wrapper
+
+
+def _passphrase(var: str | None, option: str) -> bytes | None:
+    if var is None:
+        return None
+    value = os.environ.get(var)
+    if value is None:
+        raise click.UsageError(f"{option} {var}: environment variable {var} is not set")
+    return value.encode("utf-8")
+
+
+def _print_paths(paths: list[Path]) -> None:
+    for path in paths:
+        click.echo(str(path))
+
+
+_key_type = click.option(
+    "--key-type",
+    type=click.Choice(["ec", "rsa"]),
+    default="ec",
+    show_default=True,
+    help="ECDSA P-256 or RSA-3072.",
+)
+_passphrase_env = click.option(
+    "--passphrase-env",
+    metavar="VAR",
+    help="Encrypt the new private key with the passphrase in this environment variable.",
+)
+_ca_passphrase_env = click.option(
+    "--ca-passphrase-env",
+    metavar="VAR",
+    help="Environment variable holding the passphrase of an encrypted CA key.",
+)
+
+
+@click.group(name="certs")
+def certs() -> None:
+    """Create a CA, issue, list, revoke, check and rotate certificates."""
+
+
+@certs.command("init-ca")
+@click.option("--name", required=True, help="Common name of the CA.")
+@click.option(
+    "--out", required=True, type=_PathArg, help="Directory for ca.pem, ca.key, index.json."
+)
+@_key_type
+@click.option("--days", type=int, default=3650, show_default=True)
+@click.option("--org", help="Organization (O) of the subject.")
+@_passphrase_env
+@_one_line_errors
+def init_ca_cmd(
+    name: str, out: Path, key_type: str, days: int, org: str | None, passphrase_env: str | None
+) -> None:
+    """Create a certificate authority in DIR (refuses to replace an existing one)."""
+    _print_paths(
+        certs_mod.init_ca(
+            name,
+            out,
+            key_type="rsa" if key_type == "rsa" else "ec",
+            days=days,
+            passphrase=_passphrase(passphrase_env, "--passphrase-env"),
+            org=org,
+        )
+    )
+
+
+@certs.command("issue")
+@click.option("--ca", "ca_dir", required=True, type=_ExistingDir, help="CA directory.")
+@click.option("--kind", required=True, type=click.Choice(list(certs_mod.KINDS)))
+@click.option("--name", required=True, help="Common name; also the file name NAME.pem/NAME.key.")
+@click.option("--san", multiple=True, help="DNS name or IP address (repeatable).")
+@click.option("--days", type=int, default=397, show_default=True)
+@_key_type
+@click.option("--out", required=True, type=_PathArg, help="Directory for NAME.pem and NAME.key.")
+@click.option("--org", help="Organization (O) of the subject.")
+@click.option("--crl-url", help="CRL distribution point URL to put in the certificate.")
+@_passphrase_env
+@_ca_passphrase_env
+@_one_line_errors
+def issue_cmd(
+    ca_dir: Path,
+    kind: str,
+    name: str,
+    san: tuple[str, ...],
+    days: int,
+    key_type: str,
+    out: Path,
+    org: str | None,
+    crl_url: str | None,
+    passphrase_env: str | None,
+    ca_passphrase_env: str | None,
+) -> None:
+    """Issue a TLS server, TLS client, signing or operator certificate."""
+    _print_paths(
+        certs_mod.issue(
+            ca_dir,
+            kind,
+            name,
+            out,
+            sans=san,
+            days=days,
+            key_type="rsa" if key_type == "rsa" else "ec",
+            passphrase=_passphrase(passphrase_env, "--passphrase-env"),
+            ca_passphrase=_passphrase(ca_passphrase_env, "--ca-passphrase-env"),
+            org=org,
+            crl_url=crl_url,
+        )
+    )
+
+
+def _settings_cert_paths(config: Path) -> list[Path]:
+    from gateway.config import load_settings  # only `list --config` needs the whole config
+
+    return certs_mod.configured_cert_paths(load_settings(config), base=config.parent)
+
+
+@certs.command("list")
+@click.option(
+    "--config",
+    type=_PathArg,
+    help="Gateway configuration [default: $MAAGW_CONFIG, then config/gateway.toml].",
+)
+@click.argument("directory", required=False, type=_ExistingDir)
+@_one_line_errors
+def list_cmd(config: Path | None, directory: Path | None) -> None:
+    """List certificates: subject, serial (hex), kind, not-after, days left, file.
+
+    Without DIR, lists the gateway's own certificates and every partner's
+    configured ones. Fewer than 30 days left is flagged EXPIRING, past expiry
+    EXPIRED.
+    """
+    if directory is not None and config is not None:
+        raise click.UsageError("give either --config PATH or a DIR, not both")
+    if directory is not None:
+        paths = certs_mod.pem_files(directory)
+    else:
+        paths = _settings_cert_paths(config or _default_config())
+    rows = certs_mod.describe(paths)
+    for row in rows:
+        flag = "EXPIRED" if row.days_left < 0 else "EXPIRING" if row.expiring else ""
+        click.echo(
+            "\t".join(
+                [
+                    row.subject,
+                    row.serial,
+                    row.kind,
+                    f"{row.not_after:%Y-%m-%dT%H:%M:%SZ}",
+                    f"{row.days_left}d",
+                    str(row.path),
+                    flag,
+                ]
+            ).rstrip()
+        )
+    if not rows:
+        click.echo("no certificates found", err=True)
+
+
+def _default_config() -> Path:
+    return Path(os.environ.get("MAAGW_CONFIG") or "config/gateway.toml")
+
+
+@certs.command("revoke")
+@click.option("--ca", "ca_dir", required=True, type=_ExistingDir, help="CA directory.")
+@click.argument("serial")
+@click.option(
+    "--reason",
+    default="unspecified",
+    show_default=True,
+    help="RFC 5280 reason: keyCompromise, superseded, cessationOfOperation, affiliationChanged, …",
+)
+@_one_line_errors
+def revoke_cmd(ca_dir: Path, serial: str, reason: str) -> None:
+    """Revoke SERIAL (hex, as openssl prints it); publish with `maagw certs crl`."""
+    written = certs_mod.revoke(ca_dir, serial, reason)
+    if not written:
+        click.echo(f"serial {serial} was already revoked", err=True)
+    _print_paths(written)
+
+
+@certs.command("crl")
+@click.option("--ca", "ca_dir", required=True, type=_ExistingDir, help="CA directory.")
+@click.option("--out", required=True, type=_PathArg, help="File for the PEM CRL.")
+@click.option("--next-update-days", type=float, default=7, show_default=True)
+@_ca_passphrase_env
+@_one_line_errors
+def crl_cmd(
+    ca_dir: Path, out: Path, next_update_days: float, ca_passphrase_env: str | None
+) -> None:
+    """Sign and write a CRL of every certificate the CA has revoked."""
+    _print_paths(
+        certs_mod.make_crl(
+            ca_dir,
+            out,
+            next_update_days=next_update_days,
+            ca_passphrase=_passphrase(ca_passphrase_env, "--ca-passphrase-env"),
+        )
+    )
+
+
+@certs.command("check")
+@click.argument("cert", type=_ExistingFile)
+@click.argument("key", type=_ExistingFile)
+@click.option("--ca", type=click.Path(path_type=Path, exists=True), help="CA directory or file.")
+@_passphrase_env
+@_one_line_errors
+def check_cmd(cert: Path, key: Path, ca: Path | None, passphrase_env: str | None) -> None:
+    """Check that KEY matches CERT, the chain, expiry, key strength and key file mode."""
+    result = certs_mod.check(
+        cert, key, ca=ca, passphrase=_passphrase(passphrase_env, "--passphrase-env")
+    )
+    for warning in result.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    for problem in result.problems:
+        click.echo(f"problem: {problem}", err=True)
+    if not result.ok:
+        sys.exit(1)
+    click.echo(f"ok: {cert}")
+
+
+@certs.command("rotate")
+@click.option("--ca", "ca_dir", required=True, type=_ExistingDir, help="CA directory.")
+@click.option("--name", required=True, help="Name of the current signing certificate.")
+@click.option("--out", required=True, type=_ExistingDir, help="Directory holding NAME.pem.")
+@click.option("--overlap-days", type=int, default=30, show_default=True)
+@click.option("--days", type=int, default=397, show_default=True)
+@_key_type
+@_passphrase_env
+@_ca_passphrase_env
+@_one_line_errors
+def rotate_cmd(
+    ca_dir: Path,
+    name: str,
+    out: Path,
+    overlap_days: int,
+    days: int,
+    key_type: str,
+    passphrase_env: str | None,
+    ca_passphrase_env: str | None,
+) -> None:
+    """Issue a successor signing certificate NAME-<date> next to the current one."""
+    rotation = certs_mod.rotate(
+        ca_dir,
+        name,
+        out,
+        overlap_days=overlap_days,
+        days=days,
+        key_type="rsa" if key_type == "rsa" else "ec",
+        passphrase=_passphrase(passphrase_env, "--passphrase-env"),
+        ca_passphrase=_passphrase(ca_passphrase_env, "--ca-passphrase-env"),
+    )
+    _print_paths(rotation.written)
+    until = f"{rotation.overlap_until:%Y-%m-%d}"
+    click.echo(f"old: {rotation.old_cert} {rotation.old_pin}", err=True)
+    click.echo(f"new: {rotation.new_cert} {rotation.new_pin}", err=True)
+    click.echo(
+        f"next: publish {rotation.new_cert} to every partner now (maagw certs import-partner "
+        f"--signing-cert on their side); partners accept old and new until {until}; then switch "
+        f"signing to the new key and revoke the old certificate with --reason superseded",
+        err=True,
+    )
+
+
+@certs.command("import-partner")
+@click.option("--id", "partner_id", required=True, help="Partner id, e.g. XB.")
+@click.option("--ca", "ca_file", required=True, type=_ExistingFile, help="The partner's CA.")
+@click.option("--tls-cert", multiple=True, type=_ExistingFile, help="Pin this TLS certificate.")
+@click.option("--signing-cert", multiple=True, type=_ExistingFile, help="Accept this signer.")
+@click.option("--url", help="The partner gateway's URL.")
+@click.option("--name", help="Display name of the partner.")
+@click.option("--server-name", help="Host name expected in the partner's server certificate.")
+@click.option("--crl", type=_ExistingFile, help="The partner's CRL file.")
+@click.option("--replace", is_flag=True, help="Replace pins and signing certs instead of adding.")
+@click.option(
+    "--out", type=_PathArg, default=Path("config/partners"), show_default=True, help="Partners dir."
+)
+@_one_line_errors
+def import_partner_cmd(
+    partner_id: str,
+    ca_file: Path,
+    tls_cert: tuple[Path, ...],
+    signing_cert: tuple[Path, ...],
+    url: str | None,
+    name: str | None,
+    server_name: str | None,
+    crl: Path | None,
+    replace: bool,
+    out: Path,
+) -> None:
+    """Write or update config/partners/ID.toml with a partner's CA, pins and signers."""
+    _print_paths(
+        certs_mod.import_partner(
+            partner_id,
+            ca_file,
+            out,
+            tls_certs=tls_cert,
+            signing_certs=signing_cert,
+            url=url,
+            name=name,
+            server_name=server_name,
+            crl=crl,
+            replace=replace,
+        )
+    )

@@ -1,0 +1,274 @@
+"""Load and validate ``gateway.toml``, ``partners/*.toml`` and ``agreements/*.toml``.
+
+Configuration is read once at start (and again on reload) into frozen pydantic
+models. A bad file raises ``ConfigError`` whose message names the file, the key
+and the problem in one line. Relative paths in a file are relative to that
+file's directory. Environment variables ``MAAGW_*`` override the main file (see
+``ENV_OVERRIDES``).
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from gateway.errors import ConfigError
+from gateway.policy import Agreement, load_agreements
+
+DEFAULT_CONFIG = Path("config/gateway.toml")
+
+M = TypeVar("M", bound=BaseModel)
+
+#: environment variable -> (section, key) of gateway.toml it overrides
+ENV_OVERRIDES: dict[str, tuple[str, str]] = {
+    "MAAGW_BROKER_URL": ("broker", "url"),
+    "MAAGW_BROKER_PREFIX": ("broker", "prefix"),
+    "MAAGW_PARTNER_API_HOST": ("partner_api", "host"),
+    "MAAGW_PARTNER_API_PORT": ("partner_api", "port"),
+    "MAAGW_ADMIN_HOST": ("admin", "host"),
+    "MAAGW_ADMIN_PORT": ("admin", "port"),
+    "MAAGW_AUDIT_URL": ("audit", "url"),
+    "MAAGW_STATE_DIR": ("gateway", "state_dir"),
+}
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class GatewaySection(_Model):
+    id: str = Field(pattern=r"^[A-Z]{2}[A-Z0-9-]{0,14}$")
+    name: str = ""
+    state_dir: Path = Path("state")
+
+
+class ListenSection(_Model):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8443, ge=0, le=65535)
+    max_body_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
+    max_depth: int = Field(default=64, gt=0)
+
+
+class AdminSection(_Model):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8081, ge=0, le=65535)
+    token_file: Path | None = None
+
+
+class TlsSection(_Model):
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+    passphrase_env: str | None = None
+
+
+class SigningSection(_Model):
+    cert: Path
+    key: Path
+    passphrase_env: str | None = None
+
+
+class BrokerSection(_Model):
+    url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    prefix: str = ""
+    prefetch: int = Field(default=64, gt=0, le=10_000)
+    confirm_timeout: float = Field(default=10.0, gt=0)
+
+
+class AuditSection(_Model):
+    url: str = "audit.db"
+
+
+class BackOfficeSection(_Model):
+    #: the adapter the back office wants inbound messages in
+    inbound_format: str = "maa-xml"
+
+
+class DeliverySection(_Model):
+    timeout: float = Field(default=15.0, gt=0)
+    concurrency: int = Field(default=8, gt=0, le=256)
+    max_attempts: int = Field(default=8, gt=0)
+    backoff_initial: float = Field(default=1.0, gt=0)
+    backoff_max: float = Field(default=300.0, gt=0)
+
+
+class GatewayFile(_Model):
+    gateway: GatewaySection
+    partner_api: ListenSection = ListenSection()
+    admin: AdminSection = AdminSection()
+    tls: TlsSection
+    signing: SigningSection
+    broker: BrokerSection = BrokerSection()
+    audit: AuditSection = AuditSection()
+    back_office: BackOfficeSection = BackOfficeSection()
+    delivery: DeliverySection = DeliverySection()
+    partners_dir: Path = Path("partners")
+    agreements_dir: Path = Path("agreements")
+
+
+class Partner(_Model):
+    """A partner administration as its own file ``partners/<ID>.toml`` describes it."""
+
+    id: str = Field(pattern=r"^[A-Z]{2}[A-Z0-9-]{0,14}$")
+    name: str = ""
+    url: str
+    server_name: str = ""
+    ca: Path
+    tls_pins: tuple[str, ...] = ()
+    signing_certs: tuple[Path, ...] = ()
+    crl: Path | None = None
+    crl_stale: Literal["refuse", "warn"] = "refuse"
+
+    @field_validator("tls_pins")
+    @classmethod
+    def _pins_are_sha256(cls, pins: tuple[str, ...]) -> tuple[str, ...]:
+        for pin in pins:
+            hexpart = pin.removeprefix("sha256:")
+            if not pin.startswith("sha256:") or len(hexpart) != 64:
+                raise ValueError(f"pin {pin!r} is not 'sha256:' followed by 64 hex digits")
+            int(hexpart, 16)
+        return tuple(p.lower() for p in pins)
+
+    @field_validator("crl", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        return None if value == "" else value
+
+
+class Settings(_Model):
+    """Everything the gateway reads from configuration, validated and resolved."""
+
+    path: Path
+    gateway_id: str
+    name: str
+    state_dir: Path
+    partner_api: ListenSection
+    admin: AdminSection
+    tls: TlsSection
+    signing: SigningSection
+    broker: BrokerSection
+    audit_url: str
+    back_office: BackOfficeSection
+    delivery: DeliverySection
+    partners: Mapping[str, Partner]
+    agreements: Mapping[str, Agreement]
+
+    @property
+    def signing_cert_path(self) -> Path:
+        return self.signing.cert
+
+    def name_of(self, base: str) -> str:
+        """A broker object name with this administration's prefix (``xa.maagw.outbound``)."""
+        return f"{self.broker.prefix}{base}"
+
+
+def default_config_path() -> Path:
+    """``$MAAGW_CONFIG`` if set, else ``config/gateway.toml``."""
+    return Path(os.environ.get("MAAGW_CONFIG") or DEFAULT_CONFIG)
+
+
+def load_settings(path: Path | str | None = None, *, env: Mapping[str, str] | None = None) -> Settings:
+    """Read and validate the whole configuration rooted at ``path``."""
+    path = Path(path) if path is not None else default_config_path()
+    env = os.environ if env is None else env
+    raw = _read_toml(path)
+    _apply_env(raw, env)
+    main = _validate(GatewayFile, raw, path)
+    base = path.parent
+    partners_dir = _resolve(base, main.partners_dir)
+    agreements_dir = _resolve(base, main.agreements_dir)
+    partners = load_partners(partners_dir)
+    if main.gateway.id in partners:
+        raise ConfigError(f"{partners_dir / (main.gateway.id + '.toml')}: id: this gateway's own id")
+    agreements = load_agreements(agreements_dir) if agreements_dir.is_dir() else {}
+    state_dir = _resolve(base, main.gateway.state_dir)
+    return Settings(
+        path=path,
+        gateway_id=main.gateway.id,
+        name=main.gateway.name or main.gateway.id,
+        state_dir=state_dir,
+        partner_api=main.partner_api,
+        admin=main.admin.model_copy(
+            update={"token_file": _resolve(base, main.admin.token_file)}
+            if main.admin.token_file
+            else {}
+        ),
+        tls=_resolve_paths(main.tls, base),
+        signing=_resolve_paths(main.signing, base),
+        broker=main.broker,
+        audit_url=_audit_url(main.audit.url, state_dir),
+        back_office=main.back_office,
+        delivery=main.delivery,
+        partners=partners,
+        agreements=agreements,
+    )
+
+
+def load_partners(directory: Path) -> dict[str, Partner]:
+    """Every ``*.toml`` in ``directory``, keyed by partner id."""
+    partners: dict[str, Partner] = {}
+    if not directory.is_dir():
+        raise ConfigError(f"{directory}: partners directory does not exist")
+    for file in sorted(directory.glob("*.toml")):
+        partner = _validate(Partner, _read_toml(file), file)
+        if partner.id in partners:
+            raise ConfigError(f"{file}: id: partner {partner.id} is defined twice")
+        partners[partner.id] = _resolve_paths(partner, file.parent)
+    return partners
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found", code="CONFIG_MISSING") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: {exc.strerror}") from None
+
+
+def _validate(model: type[M], raw: Mapping[str, Any], path: Path) -> M:
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        raise ConfigError(f"{path}: {key}: {err['msg']}{more}") from None
+
+
+def _apply_env(raw: dict[str, Any], env: Mapping[str, str]) -> None:
+    for var, (section, key) in ENV_OVERRIDES.items():
+        if var in env:
+            table = raw.setdefault(section, {})
+            if isinstance(table, dict):
+                table[key] = env[var]
+
+
+def _resolve(base: Path, value: Path) -> Path:
+    return value if value.is_absolute() else (base / value)
+
+
+def _resolve_paths(model: M, base: Path) -> M:
+    updates: dict[str, Any] = {}
+    for name, value in model:
+        if isinstance(value, Path):
+            updates[name] = _resolve(base, value)
+        elif isinstance(value, tuple) and value and all(isinstance(v, Path) for v in value):
+            updates[name] = tuple(_resolve(base, v) for v in value)
+    return model.model_copy(update=updates)
+
+
+def _audit_url(url: str, state_dir: Path) -> str:
+    if "://" in url:
+        return url
+    return str(_resolve(state_dir, Path(url)))

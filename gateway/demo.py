@@ -1,0 +1,324 @@
+"""``maagw demo``: two administrations exchange a request and its reply end to end.
+
+``provision`` writes, for each administration, a CA, TLS server and client
+certificates, a signing certificate, ``gateway.toml``, the partner's file and the
+agreements — everything an operator would have — so that the demo, the
+integration tests and the benchmark run the real thing, not a stand-in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+import click
+
+from gateway import certs
+from gateway.config import Settings, load_settings
+from gateway.errors import ConfigError
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = PROJECT_ROOT / "examples"
+AGREEMENTS = PROJECT_ROOT / "config" / "agreements"
+
+
+@dataclass(frozen=True, slots=True)
+class Provisioned:
+    """One administration's files, written by ``provision``."""
+
+    gateway_id: str
+    config: Path
+    prefix: str
+    partner_port: int
+    admin_port: int
+
+
+def provision(
+    root: Path,
+    broker_url: str,
+    ids: Sequence[str] = ("XA", "XB"),
+    *,
+    prefixes: dict[str, str] | None = None,
+    agreements_dir: Path = AGREEMENTS,
+    extra: dict[str, str] | None = None,
+) -> dict[str, Provisioned]:
+    """Create certificates and configuration for each administration under ``root/<ID>``."""
+    from gateway.app import free_port
+
+    prefixes = prefixes or {gid: f"{gid.lower()}." for gid in ids}
+    ports = {gid: (free_port(), free_port()) for gid in ids}
+    for gid in ids:
+        base = root / gid
+        ca_dir = base / "ca"
+        cert_dir = base / "certs"
+        certs.init_ca(f"{gid} Customs Gateway CA", ca_dir)
+        host = f"gw.{gid.lower()}.test"
+        certs.issue(ca_dir, "tls-server", "tls-server", cert_dir,
+                    sans=[host, "localhost", "127.0.0.1"])
+        certs.issue(ca_dir, "tls-client", "tls-client", cert_dir)
+        certs.issue(ca_dir, "signing", "signing", cert_dir)
+    result: dict[str, Provisioned] = {}
+    for gid in ids:
+        base = root / gid
+        (base / "partners" / "certs").mkdir(parents=True, exist_ok=True)
+        for other in ids:
+            if other == gid:
+                continue
+            obase = root / other
+            pdir = base / "partners" / "certs"
+            shutil.copy(obase / "ca" / "ca.pem", pdir / f"{other}-ca.pem")
+            shutil.copy(obase / "certs" / "signing.pem", pdir / f"{other}-signing.pem")
+            pins = [
+                certs.spki_pin(certs.load_cert(obase / "certs" / f"{n}.pem"))
+                for n in ("tls-client", "tls-server")
+            ]
+            (base / "partners" / f"{other}.toml").write_text(
+                f'id = "{other}"\n'
+                f'name = "Customs administration {other}"\n'
+                f'url = "https://127.0.0.1:{ports[other][0]}"\n'
+                f'server_name = "gw.{other.lower()}.test"\n'
+                f'ca = "certs/{other}-ca.pem"\n'
+                f"tls_pins = {json.dumps(pins)}\n"
+                f'signing_certs = ["certs/{other}-signing.pem"]\n'
+            )
+        shutil.copytree(agreements_dir, base / "agreements", dirs_exist_ok=True)
+        lines = [
+            "[gateway]",
+            f'id = "{gid}"',
+            f'name = "Customs administration {gid}"',
+            'state_dir = "state"',
+            "",
+            "[partner_api]",
+            'host = "127.0.0.1"',
+            f"port = {ports[gid][0]}",
+            "",
+            "[admin]",
+            'host = "127.0.0.1"',
+            f"port = {ports[gid][1]}",
+            "",
+            "[tls]",
+            'ca = "ca/ca.pem"',
+            'server_cert = "certs/tls-server.pem"',
+            'server_key = "certs/tls-server.key"',
+            'client_cert = "certs/tls-client.pem"',
+            'client_key = "certs/tls-client.key"',
+            "",
+            "[signing]",
+            'cert = "certs/signing.pem"',
+            'key = "certs/signing.key"',
+            "",
+            "[broker]",
+            f'url = "{broker_url}"',
+            f'prefix = "{prefixes[gid]}"',
+            "",
+            "[audit]",
+            'url = "audit.db"',
+            "",
+            "[delivery]",
+            "backoff_initial = 1.0",
+            "",
+        ]
+        for section, body in (extra or {}).items():
+            lines += [f"[{section}]", body, ""]
+        config = base / "gateway.toml"
+        config.write_text("\n".join(lines))
+        result[gid] = Provisioned(gid, config, prefixes[gid], *ports[gid])
+    return result
+
+
+@dataclass
+class Timeline:
+    """The steps of the demo, as the people involved would see them."""
+
+    started: float = field(default_factory=time.monotonic)
+    rows: list[tuple[datetime, str, str, str, str]] = field(default_factory=list)
+
+    def add(self, who: str, step: str, outcome: str, message_id: str,
+            at: datetime | None = None) -> None:
+        self.rows.append((at or datetime.now(UTC), who, step, outcome, message_id))
+
+    def render(self) -> str:
+        out = [f"{'time (UTC)':<13} {'who':<14} {'step':<46} {'outcome':<10} message id"]
+        out.append("-" * 120)
+        for at, who, step, outcome, mid in sorted(self.rows, key=lambda r: r[0]):
+            out.append(f"{at:%H:%M:%S.%f}"[:12] + f"  {who:<14} {step:<46} {outcome:<10} {mid}")
+        return "\n".join(out)
+
+
+async def _exchange(settings: dict[str, Settings], timeline: Timeline) -> bool:
+    from gateway.app import Gateway
+
+    xa, xb = settings["XA"], settings["XB"]
+    gateways = {gid: Gateway(s) for gid, s in settings.items()}
+    for g in gateways.values():
+        await g.start()
+    connection = await aio_pika.connect_robust(xa.broker.url)
+    try:
+        channel = await connection.channel(publisher_confirms=True)
+        # the national form limits references to 35 characters (as the WCO data model does)
+        request_id = f"XA-REQ-{uuid.uuid4().hex[:20].upper()}"
+        reply_id = f"XB-REP-{uuid.uuid4().hex[:20].upper()}"
+        request = (EXAMPLES / "national-json" / "maa.request.json").read_bytes()
+        reply = _reply_with_declaration(request_id)
+
+        await _publish(channel, xa, "XB", request, request_id, "maa.request", None)
+        timeline.add("XA back office", "published maa.request (national-json)", "sent", request_id)
+        got = await _consume_inbound(channel, xb, request_id, timeline, "XB back office")
+        ok_request = got is not None and await _wait_event(channel, xa, request_id, "delivered",
+                                                           timeline, "XA back office")
+        ok_reply = False
+        if ok_request:
+            await _publish(channel, xb, "XA", reply, reply_id, "maa.reply", request_id)
+            timeline.add("XB back office", "published maa.reply with NCTS CC015C", "sent",
+                         reply_id)
+            got_reply = await _consume_inbound(channel, xa, reply_id, timeline, "XA back office")
+            ok_reply = got_reply is not None and await _wait_event(
+                channel, xb, reply_id, "delivered", timeline, "XB back office")
+    finally:
+        await connection.close()
+        for g in gateways.values():
+            await g.stop()
+    for gid, s in settings.items():
+        await _audit_rows(s, gid, [request_id, reply_id], timeline)
+    return ok_request and ok_reply
+
+
+def _reply_with_declaration(request_id: str) -> bytes:
+    """XB's reply to the request, carrying an NCTS CC015C declaration as supporting document."""
+    reply = json.loads((EXAMPLES / "national-json" / "maa.reply.json").read_text())
+    reply["inReplyTo"] = request_id
+    declaration = (EXAMPLES / "ncts-p5" / "cc015c.xml").read_bytes()
+    reply["attachments"] = [{
+        "format": "ncts-p5-xml",
+        "filename": "export-declaration-cc015c.xml",
+        "content": base64.b64encode(declaration).decode("ascii"),
+    }]
+    return json.dumps(reply).encode()
+
+
+async def _publish(channel: Any, s: Settings, partner: str, body: bytes, message_id: str,
+                   message_type: str, correlation_id: str | None) -> None:
+    exchange = await channel.get_exchange(s.name_of("maagw.outbound"))
+    await exchange.publish(
+        aio_pika.Message(body, message_id=message_id, type=message_type,
+                         correlation_id=correlation_id, content_type="application/json",
+                         headers={"x-maagw-format": "national-json"},
+                         delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+        routing_key=partner,
+    )
+
+
+async def _consume_inbound(channel: Any, s: Settings, message_id: str, timeline: Timeline,
+                           who: str, timeout: float = 15.0) -> bytes | None:
+    queue = await channel.get_queue(s.name_of("maagw.inbound"))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        message = await queue.get(fail=False, no_ack=False)
+        if message is None:
+            await asyncio.sleep(0.05)
+            continue
+        await message.ack()
+        if message.message_id == message_id:
+            fmt = (message.headers or {}).get("x-maagw-format")
+            timeline.add(who, f"consumed {message.type} ({fmt})", "received", message_id)
+            return bytes(message.body)
+    timeline.add(who, "waited for the message", "TIMEOUT", message_id)
+    return None
+
+
+async def _wait_event(channel: Any, s: Settings, message_id: str, status: str,
+                      timeline: Timeline, who: str, timeout: float = 15.0) -> bool:
+    queue = await channel.get_queue(s.name_of("maagw.events"))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        message = await queue.get(fail=False, no_ack=False)
+        if message is None:
+            await asyncio.sleep(0.05)
+            continue
+        await message.ack()
+        event = json.loads(message.body)
+        if event.get("message_id") == message_id:
+            timeline.add(who, f"event {event['status']}", event.get("receipt", event["status"]),
+                         message_id)
+            if event["status"] == status:
+                return True
+    timeline.add(who, f"waited for event {status}", "TIMEOUT", message_id)
+    return False
+
+
+async def _audit_rows(s: Settings, gid: str, ids: list[str], timeline: Timeline) -> None:
+    from gateway.audit import AuditLog
+
+    audit = await AuditLog.open(s.audit_url, gateway_id=s.gateway_id)
+    seen: set[int] = set()
+    try:
+        for mid in ids:
+            entries, _ = await audit.timeline(mid)
+            for e in entries:
+                if e.seq in seen or e.message_id != mid:
+                    continue
+                seen.add(e.seq)
+                step = f"{e.event} {e.direction or ''} {e.message_type or ''}".strip()
+                if e.code and e.code != "POLICY_ALLOW":
+                    step += f" [{e.code}]"
+                timeline.add(f"gateway {gid}", step, e.outcome or "", mid,
+                             at=datetime.fromisoformat(e.time.replace("Z", "+00:00")))
+    finally:
+        await audit.close()
+
+
+def run_demo(state_dir: Path | None, broker_url: str) -> bool:
+    """Provision, start both gateways, exchange, print the timeline; True if both arrived."""
+    started = time.monotonic()
+    if state_dir is not None and state_dir.exists() and any(state_dir.iterdir()):
+        raise ConfigError(f"--state-dir {state_dir} must be absent or empty")
+    _require_broker(broker_url)
+    keep = state_dir is not None
+    root = state_dir or Path(tempfile.mkdtemp(prefix="maagw-demo-"))
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        provisioned = provision(root, broker_url)
+        settings = {gid: load_settings(p.config) for gid, p in provisioned.items()}
+        click.echo(f"XA partner API on 127.0.0.1:{provisioned['XA'].partner_port}, "
+                   f"XB on 127.0.0.1:{provisioned['XB'].partner_port}; broker prefixes xa., xb.")
+        timeline = Timeline()
+        ok = asyncio.run(_exchange(settings, timeline))
+        click.echo(timeline.render())
+        took = time.monotonic() - started
+        if ok:
+            click.echo(f"\nOK: the request reached XB and the reply reached XA ({took:.1f} s).")
+        else:
+            click.echo(f"\nFAILED: not every message arrived ({took:.1f} s).", err=True)
+        if keep:
+            click.echo(f"State kept in {root}: try `maagw audit verify --config "
+                       f"{root / 'XA' / 'gateway.toml'}`")
+        return ok
+    finally:
+        if not keep:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def _require_broker(url: str) -> None:
+    async def probe() -> None:
+        connection = await aio_pika.connect(url, timeout=5)
+        await connection.close()
+
+    try:
+        asyncio.run(probe())
+    except Exception as exc:  # noqa: BLE001 - any failure to connect means the same to the user
+        raise ConfigError(
+            f"RabbitMQ is not reachable at {url.split('@')[-1]} ({exc.__class__.__name__}); "
+            "start it with `rabbitmq-server -detached` (or `make demo`, which starts it)",
+            code="RELAY_UNAVAILABLE",
+        ) from None

@@ -1,0 +1,345 @@
+"""The partner API: receive signed envelopes, answer with signed receipts.
+
+``POST /v1/messages`` with one signed envelope (``application/xml``). The steps,
+in order (any refusal ends them with a signed rejection receipt and an audit
+entry; nothing is published):
+
+1. safe parse (size, depth, no DTD/entities) — ``SIZE_LIMIT``, ``XML_UNSAFE``
+2. signature against the authenticated partner's pinned signing certificates — ``SIG_*``
+3. envelope schema and header — ``SCHEMA_INVALID``; sender = TLS identity — ``AUTH_SENDER_MISMATCH``
+4. freshness — ``SIG_STALE``; duplicate claim on (sender, message id)
+5. payload decode (exchange adapter), agreement policy — ``POLICY_*``, ``TRANSLATE_*``
+6. translation into the back office's format, publish with confirms
+7. audit (durable), then the signed ``accepted`` receipt
+
+If the broker cannot confirm, the answer is 503 with Retry-After and the claim is
+released: the sender keeps the message and tries again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import structlog
+from aiohttp import web
+from lxml import etree
+
+import adapters
+from gateway import envelope, signing, xmlsafe
+from gateway.audit import AuditEvent
+from gateway.envelope import Envelope, ReceiptEntry
+from gateway.errors import (
+    AdapterError,
+    AuthError,
+    EnvelopeError,
+    GatewayError,
+    PolicyViolation,
+    RelayError,
+    SignatureError,
+    http_status,
+)
+from gateway.policy import PolicyRequest, evaluate, find_agreement
+from gateway.runtime import (
+    DUPLICATE_RETENTION_SECONDS,
+    FUTURE_SKEW_SECONDS,
+    Runtime,
+    canonical,
+    hexdigest,
+)
+from gateway.tls import peer_der
+
+log = structlog.get_logger(__name__)
+
+REPLY_TYPES = frozenset({"maa.reply", "maa.refusal"})
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What the partner is answered: an HTTP status, a receipt entry, maybe Retry-After."""
+
+    status: int
+    entry: ReceiptEntry | None
+    retry_after: float | None = None
+    #: audit entries written together with the receipt's own, before the answer
+    events: tuple[AuditEvent, ...] = ()
+    sender: str | None = None
+
+
+class InboundPipeline:
+    """Runs the inbound steps for one envelope from an authenticated partner."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.rt = runtime
+
+    async def process(self, partner: str, body: bytes) -> Outcome:
+        """Process one envelope; never raises for bad input."""
+        raw_digest = "sha256:" + hashlib.sha256(body).hexdigest()
+        message_id = "-"
+        digest = raw_digest
+        env: Envelope | None = None
+        try:
+            root = xmlsafe.parse(
+                body,
+                max_bytes=self.rt.settings.partner_api.max_body_bytes,
+                max_depth=self.rt.settings.partner_api.max_depth,
+            )
+            digest = signing.document_digest(root)
+            message_id = _peek_message_id(root) or "-"
+            verified = signing.verify(root, self.rt.trust.signing_certs(partner))
+            env = envelope.parse_envelope(verified.root)
+            message_id = env.header.message_id
+            structlog.contextvars.bind_contextvars(
+                message_id=message_id, agreement=env.header.agreement
+            )
+            self._check_header(partner, env)
+            return await self._accept(partner, env, verified.root, digest)
+        except (EnvelopeError, SignatureError, AuthError, PolicyViolation) as exc:
+            return await self.refuse(partner, message_id, digest, env, exc)
+        except AdapterError as exc:
+            return await self.refuse(partner, message_id, digest, env, exc)
+
+    def _check_header(self, partner: str, env: Envelope) -> None:
+        head = env.header
+        if head.sender != partner:
+            raise AuthError(
+                f"envelope sender {head.sender} is not the authenticated partner {partner}",
+                code="AUTH_SENDER_MISMATCH",
+            )
+        if head.receiver != self.rt.gateway_id:
+            raise EnvelopeError(
+                f"envelope is addressed to {head.receiver}, not to {self.rt.gateway_id}",
+                code="ENVELOPE_WRONG_RECEIVER",
+            )
+        now = datetime.now(UTC)
+        if head.created < now - timedelta(seconds=DUPLICATE_RETENTION_SECONDS):
+            raise SignatureError("envelope is older than the replay window", code="SIG_STALE")
+        if head.created > now + timedelta(seconds=FUTURE_SKEW_SECONDS):
+            raise SignatureError("envelope is created in the future", code="SIG_STALE")
+
+    async def _accept(
+        self, partner: str, env: Envelope, root: etree._Element, digest: str
+    ) -> Outcome:
+        rt = self.rt
+        head = env.header
+        claim = await rt.store.claim(partner, head.message_id, digest, stale_after=60.0)
+        if claim.outcome == "published":
+            entry = ReceiptEntry(
+                head.message_id, digest, "duplicate", code="DUPLICATE",
+                reason="this message id was received before", original_receipt=claim.receipt_id,
+            )
+            log.info("message_duplicate", partner=partner)
+            return Outcome(200, entry, events=(self._audit(
+                env, digest, "duplicate", "ok", "DUPLICATE", "already received and published"),))
+        if claim.outcome == "in_flight":
+            return Outcome(503, None, retry_after=5.0)
+        try:
+            return await self._publish(partner, env, root, digest)
+        except BaseException:
+            await rt.store.release(partner, head.message_id)
+            raise
+
+    async def _publish(
+        self, partner: str, env: Envelope, root: etree._Element, digest: str
+    ) -> Outcome:
+        rt = self.rt
+        head = env.header
+        agreement = find_agreement(
+            rt.settings.agreements, head.agreement, head.sender, head.receiver, head.message_type
+        )
+        exchange = adapters.get(head.payload_format)
+        document = exchange.decode(env.payload, message_type=head.message_type)
+        answers = None
+        if head.message_type in REPLY_TYPES:
+            answers = bool(head.correlation_id) and await rt.store.knows_request(
+                head.agreement, rt.gateway_id, head.correlation_id or ""
+            )
+        wait = rt.limiter.check(agreement, partner, rt.gateway_id, time.monotonic()) if agreement else 0.0
+        decision = evaluate(
+            agreement,
+            PolicyRequest(
+                direction="inbound",
+                sender=head.sender,
+                receiver=head.receiver,
+                message_type=head.message_type,
+                categories=exchange.categories(document),
+                declared_categories=frozenset(head.categories),
+                size=len(env.payload),
+                payload_format=head.payload_format,
+                at=datetime.now(UTC),
+                purpose=_str(document.body.get("purpose")),
+                legal_basis=_str(document.body.get("legalBasis")),
+                answers_known_request=answers,
+                rate_ok=wait <= 0,
+            ),
+        )
+        decided = self._audit(env, digest, "policy_decision", "allow" if decision.allowed else "deny",
+                              decision.code, decision.reason, rule=decision.rule)
+        if not decision.allowed:
+            await rt.record(decided)
+            if decision.code == "POLICY_RATE":
+                await rt.store.release(partner, head.message_id)
+                return Outcome(429, None, retry_after=max(1.0, decision.retry_after or wait))
+            raise PolicyViolation(decision.reason, code=decision.code)
+        target = adapters.get(rt.settings.back_office.inbound_format)
+        translated = target.encode(document)
+        try:
+            await rt.relay.publish(
+                rt.relay.names.inbound,
+                f"{partner}.{head.message_type}",
+                translated,
+                message_id=head.message_id,
+                message_type=head.message_type,
+                correlation_id=head.correlation_id,
+                content_type=target.media_type,
+                headers={
+                    "x-maagw-agreement": head.agreement,
+                    "x-maagw-format": target.name,
+                    "x-maagw-sender": partner,
+                    "x-maagw-envelope-digest": digest,
+                },
+            )
+        except RelayError as exc:
+            log.warning("relay_unavailable", code=exc.code, reason=exc.reason)
+            await rt.store.release(partner, head.message_id)
+            return Outcome(503, None, retry_after=5.0)
+        if head.message_type == "maa.request":
+            await rt.store.remember_request(head.agreement, partner, head.message_id)
+        entry = ReceiptEntry(head.message_id, digest, "accepted")
+        retention = agreement.retention_days if agreement else 3650
+        evidence, evidence_digest = canonical(root)
+        await rt.audit.store_evidence(evidence_digest, "envelope", evidence, retention)
+        log.info("message_published", partner=partner, type=head.message_type)
+        return Outcome(
+            200,
+            entry,
+            events=(decided, self._audit(env, digest, "published", "ok", None, None,
+                                         format=target.name)),
+            sender=partner,
+        )
+
+    async def refuse(
+        self, partner: str, message_id: str, digest: str, env: Envelope | None, exc: GatewayError
+    ) -> Outcome:
+        head = env.header if env else None
+        rejected = AuditEvent(
+                event="rejected",
+                direction="inbound",
+                partner=partner,
+                agreement=head.agreement if head else None,
+                message_type=head.message_type if head else None,
+                message_id=message_id if message_id != "-" else None,
+                correlation_id=head.correlation_id if head else None,
+                envelope_digest=hexdigest(digest),
+                outcome="refused",
+                code=exc.code,
+                reason=exc.reason,
+            )
+        log.info("message_rejected", partner=partner, code=exc.code, reason=exc.reason)
+        entry = ReceiptEntry(message_id, digest, "rejected", code=exc.code, reason=exc.reason)
+        return Outcome(http_status(exc.code), entry, events=(rejected,))
+
+    async def answer(self, partner: str, outcome: Outcome) -> web.Response:
+        """Sign the receipt, keep it as evidence, make the audit entries durable, answer."""
+        rt = self.rt
+        headers = {}
+        if outcome.retry_after is not None:
+            headers["Retry-After"] = str(int(outcome.retry_after + 0.999))
+        if outcome.entry is None:
+            if outcome.events:
+                await rt.record(*outcome.events)
+            return web.Response(status=outcome.status, headers=headers, text="try again later\n")
+        receipt_id = envelope.new_id()
+        receipt = envelope.build_receipt(rt.gateway_id, partner, [outcome.entry],
+                                         receipt_id=receipt_id)
+        signed = rt.signer.sign(receipt)
+        evidence, receipt_digest = canonical(receipt)
+        await rt.audit.store_evidence(receipt_digest, "receipt", evidence, 3650)
+        entry = outcome.entry
+        first = outcome.events[0] if outcome.events else None
+        await rt.record(
+            *outcome.events,
+            AuditEvent(
+                event="receipt",
+                direction="inbound",
+                partner=partner,
+                agreement=first.agreement if first else None,
+                message_type=first.message_type if first else None,
+                message_id=entry.message_id if entry.message_id != "-" else None,
+                correlation_id=first.correlation_id if first else None,
+                envelope_digest=hexdigest(entry.digest),
+                receipt_digest=receipt_digest,
+                outcome=entry.status,
+                code=entry.code,
+                reason=entry.reason,
+                details={"receipt_id": receipt_id},
+            ),
+        )
+        if outcome.sender is not None and entry.status == "accepted":
+            await rt.store.mark_published(outcome.sender, entry.message_id, receipt_id)
+        return web.Response(
+            status=outcome.status, body=signed, content_type="application/xml", headers=headers
+        )
+
+    def _audit(
+        self, env: Envelope, digest: str, event: str, outcome: str, code: str | None,
+        reason: str | None, **details: str,
+    ) -> AuditEvent:
+        head = env.header
+        return AuditEvent(
+            event=event,
+            direction="inbound",
+            partner=head.sender,
+            agreement=head.agreement,
+            message_type=head.message_type,
+            message_id=head.message_id,
+            correlation_id=head.correlation_id,
+            envelope_digest=hexdigest(digest),
+            outcome=outcome,
+            code=code,
+            reason=reason,
+            details=details,
+        )
+
+
+def _peek_message_id(root: etree._Element) -> str | None:
+    """The message id as written, for the rejection receipt of an unverifiable envelope."""
+    el = root.find(f"{{{envelope.NS}}}Header/{{{envelope.NS}}}MessageId")
+    if el is None:
+        return None
+    text = "".join(el.itertext()).strip()
+    return text[:128] if text and len(text) <= 128 and text.isprintable() else None
+
+
+def _str(value: object) -> str | None:
+    return value if isinstance(value, str) and value.strip() else None
+
+
+async def handle_messages(request: web.Request) -> web.Response:
+    """``POST /v1/messages``: one signed envelope in, one signed receipt out."""
+    rt: Runtime = request.app[RUNTIME]
+    pipeline: InboundPipeline = request.app[PIPELINE]
+    ssl_object = request.transport.get_extra_info("ssl_object") if request.transport else None
+    try:
+        partner = rt.trust.identify(peer_der(ssl_object))
+    except AuthError:
+        # the connection gate closes such connections before any request; belt and braces
+        raise web.HTTPForbidden() from None
+    structlog.contextvars.bind_contextvars(partner=partner)
+    limit = rt.settings.partner_api.max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        outcome = await pipeline.refuse(
+            partner, "-", "sha256:" + hashlib.sha256(b"").hexdigest(), None,
+            EnvelopeError(f"body of {request.content_length} bytes exceeds {limit}",
+                          code="SIZE_LIMIT"),
+        )
+        return await pipeline.answer(partner, outcome)
+    body = await request.read()
+    outcome = await pipeline.process(partner, body)
+    return await pipeline.answer(partner, outcome)
+
+
+RUNTIME = web.AppKey("runtime", Runtime)
+PIPELINE = web.AppKey("inbound_pipeline", InboundPipeline)

@@ -1,0 +1,461 @@
+"""Per-partner consumers: back-office message -> policy -> envelope -> partner -> ack.
+
+For each message on ``maagw.outbound.<partner>``:
+
+1. ``message_id`` is required (it is the message's identity end to end).
+2. If an envelope was already signed for this id (a retry, maybe after a restart),
+   its stored bytes are sent again unchanged. Otherwise the body is decoded with
+   the adapter named by ``x-maagw-format``, the agreement policy is evaluated,
+   redactions are applied, the payload is encoded in the agreement's exchange
+   format, wrapped, signed and stored before the first attempt.
+3. The envelope is POSTed over mutual TLS; the signed receipt is verified against
+   the partner's pinned signing certificates and its digest must be the digest of
+   what was sent.
+4. The outcome is audited (durable), a status event is published with confirms,
+   and only then is the AMQP message acknowledged.
+
+A refusal (policy, translation, a rejection receipt) dead-letters the message
+with its reason; a transient failure schedules a retry on a delay queue
+(exponential backoff) and acknowledges only once that copy is confirmed; past
+the last attempt the message is dead-lettered with a ``failed`` event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+from aio_pika.abc import AbstractIncomingMessage
+
+import adapters
+from adapters.base import Document
+from gateway import envelope, signing, xmlsafe
+from gateway.audit import AuditEvent
+from gateway.envelope import Header
+from gateway.errors import (
+    AdapterError,
+    DeliveryError,
+    EnvelopeError,
+    GatewayError,
+    PolicyViolation,
+    RelayError,
+    SignatureError,
+)
+from gateway.policy import Agreement, PolicyRequest, apply_redactions, evaluate, find_agreement
+from gateway.relay import delay_for
+from gateway.runtime import Runtime, canonical, hexdigest
+
+log = structlog.get_logger(__name__)
+
+REPLY_TYPES = frozenset({"maa.reply", "maa.refusal"})
+ATTEMPT_HEADER = "x-maagw-attempt"
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """What the back office asked to send, read from the AMQP properties."""
+
+    partner: str
+    message_id: str
+    message_type: str
+    correlation_id: str | None
+    agreement: str | None
+    format: str
+    attempt: int
+    first_seen: float
+
+    @classmethod
+    def read(cls, partner: str, message: AbstractIncomingMessage) -> Outgoing:
+        headers = message.headers or {}
+        if not message.message_id:
+            raise EnvelopeError("the AMQP message has no message_id", code="RELAY_NO_MESSAGE_ID")
+        if not message.type:
+            raise EnvelopeError("the AMQP message has no type (message type)",
+                                code="RELAY_NO_MESSAGE_TYPE")
+        fmt = _header(headers, "x-maagw-format")
+        if not fmt:
+            raise EnvelopeError("the AMQP message has no x-maagw-format header",
+                                code="RELAY_NO_FORMAT")
+        return cls(
+            partner=partner,
+            message_id=str(message.message_id),
+            message_type=str(message.type),
+            correlation_id=str(message.correlation_id) if message.correlation_id else None,
+            agreement=_header(headers, "x-maagw-agreement"),
+            format=fmt,
+            attempt=int(str(headers.get(ATTEMPT_HEADER, 1))),
+            first_seen=float(str(headers.get("x-maagw-first-seen", time.time()))),
+        )
+
+
+class OutboundPipeline:
+    """Handles messages for partners; one instance per gateway."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.rt = runtime
+        self._inflight: set[asyncio.Task[Any]] = set()
+
+    def handler(self, partner: str) -> Any:
+        """The consumer callback for one partner's queue."""
+
+        async def on_message(message: AbstractIncomingMessage) -> None:
+            task = asyncio.current_task()
+            if task is not None:
+                self._inflight.add(task)
+            try:
+                with structlog.contextvars.bound_contextvars(
+                    partner=partner, message_id=message.message_id
+                ):
+                    await self.handle(partner, message)
+            finally:
+                if task is not None:
+                    self._inflight.discard(task)
+
+        return on_message
+
+    async def drain(self, timeout: float) -> int:
+        """Wait up to ``timeout`` for in-flight deliveries; returns how many did not finish."""
+        pending = [t for t in self._inflight if not t.done()]
+        if not pending:
+            return 0
+        _, still = await asyncio.wait(pending, timeout=timeout)
+        return len(still)
+
+    async def handle(self, partner: str, message: AbstractIncomingMessage) -> None:
+        """Process one message; acknowledges only what is safely handed on."""
+        try:
+            out = Outgoing.read(partner, message)
+        except EnvelopeError as exc:
+            await self._dead(partner, message, None, exc.code, exc.reason, status="rejected")
+            return
+        try:
+            signed, digest, agreement = await self._prepare(out, message.body)
+        except (AdapterError, PolicyViolation, EnvelopeError, SignatureError) as exc:
+            await self._dead(partner, message, out, exc.code, exc.reason, status="rejected")
+            return
+        except RelayError as exc:
+            await self._requeue_later(message, exc)
+            return
+        try:
+            receipt_status, code, reason = await self._deliver(out, signed, digest, agreement)
+        except DeliveryError as exc:
+            await self._retry_or_fail(message, out, agreement, exc)
+            return
+        except RelayError as exc:
+            await self._requeue_later(message, exc)
+            return
+        if receipt_status == "rejected":
+            await self._dead(partner, message, out, code or "REJECTED",
+                             reason or "rejected by the partner", status="rejected",
+                             audited=True)
+            return
+        try:
+            await self.rt.relay.publish_event(
+                partner, "delivered",
+                self.rt.event("delivered", message_id=out.message_id,
+                              correlation_id=out.correlation_id, partner=partner,
+                              message_type=out.message_type, agreement=_id(agreement),
+                              code=code, reason=reason, attempt=out.attempt,
+                              receipt=receipt_status),
+            )
+        except RelayError as exc:
+            # delivered and audited; the retry will send the same bytes and get 'duplicate'
+            await self._requeue_later(message, exc)
+            return
+        await message.ack()
+        log.info("message_delivered", attempt=out.attempt, receipt=receipt_status)
+
+    async def _prepare(self, out: Outgoing, body: bytes) -> tuple[bytes, str, Agreement | None]:
+        """The signed envelope for ``out``: the stored one on a retry, else built now."""
+        rt = self.rt
+        agreement = find_agreement(rt.settings.agreements, out.agreement, rt.gateway_id,
+                                   out.partner, out.message_type)
+        stored = await rt.store.outbox_get(out.message_id)
+        if stored is not None:
+            return stored[0], stored[1], agreement
+        source = adapters.get(out.format)
+        document = source.decode(body, message_type=out.message_type)
+        decision = await self._decide(out, agreement, source.categories(document), document,
+                                      len(body))
+        await rt.record(self._audit(out, agreement, "policy_decision", "allow", decision.code,
+                                    decision.reason, rule=decision.rule))
+        assert agreement is not None  # an allow names its agreement
+        redacted = Document(
+            document.message_type,
+            apply_redactions(document.body, decision.redactions),
+            document.attachments,
+        )
+        exchange = adapters.get(agreement.exchange_format)
+        payload = exchange.encode(redacted)
+        header = Header(
+            message_id=out.message_id,
+            sender=rt.gateway_id,
+            receiver=out.partner,
+            agreement=agreement.id,
+            message_type=out.message_type,
+            created=datetime.now(UTC),
+            payload_format=exchange.name,
+            categories=tuple(sorted(exchange.categories(redacted))),
+            correlation_id=out.correlation_id,
+            reference=_reference(redacted),
+        )
+        root = envelope.build_envelope(header, payload, exchange.media_type)
+        signed = rt.signer.sign(root)
+        evidence, evidence_digest = canonical(root)
+        digest = f"sha256:{evidence_digest}"
+        await rt.store.outbox_put(out.message_id, out.partner, signed, digest)
+        await rt.audit.store_evidence(evidence_digest, "envelope", evidence,
+                                      agreement.retention_days)
+        if out.message_type == "maa.request":
+            await rt.store.remember_request(agreement.id, rt.gateway_id, out.message_id)
+        return signed, digest, agreement
+
+    async def _decide(
+        self,
+        out: Outgoing,
+        agreement: Agreement | None,
+        categories: frozenset[str],
+        document: Document,
+        size: int,
+    ) -> Any:
+        rt = self.rt
+        answers = None
+        if out.message_type in REPLY_TYPES and agreement is not None:
+            answers = bool(out.correlation_id) and await rt.store.knows_request(
+                agreement.id, out.partner, out.correlation_id or ""
+            )
+        while True:
+            wait = (rt.limiter.check(agreement, rt.gateway_id, out.partner, time.monotonic())
+                    if agreement else 0.0)
+            decision = evaluate(
+                agreement,
+                PolicyRequest(
+                    direction="outbound",
+                    sender=rt.gateway_id,
+                    receiver=out.partner,
+                    message_type=out.message_type,
+                    categories=categories,
+                    declared_categories=None,
+                    size=size,
+                    payload_format=out.format,
+                    at=datetime.now(UTC),
+                    purpose=_str(document.body.get("purpose")),
+                    legal_basis=_str(document.body.get("legalBasis")),
+                    answers_known_request=answers,
+                    rate_ok=wait <= 0,
+                ),
+            )
+            if decision.code != "POLICY_RATE":
+                break
+            # outbound rate limits are back-pressure: wait for a token, never refuse
+            await asyncio.sleep(min(wait, 5.0))
+        if not decision.allowed:
+            await rt.record(self._audit(out, agreement, "policy_decision", "deny", decision.code,
+                                        decision.reason, rule=decision.rule))
+            raise PolicyViolation(decision.reason, code=decision.code)
+        return decision
+
+    async def _deliver(
+        self, out: Outgoing, signed: bytes, digest: str, agreement: Agreement | None
+    ) -> tuple[str, str | None, str | None]:
+        """POST and verify the receipt; returns (status, code, reason) from its entry."""
+        rt = self.rt
+        answer = await rt.client.post(out.partner, signed)
+        try:
+            root = xmlsafe.parse(answer.body)
+            verified = signing.verify(root, rt.trust.signing_certs(out.partner))
+            receipt = envelope.parse_receipt(verified.root)
+        except GatewayError as exc:
+            raise DeliveryError(
+                f"answer {answer.status} from {out.partner} is not a valid signed receipt: "
+                f"{exc.code}: {exc.reason}",
+                code="DELIVERY_BAD_RECEIPT",
+            ) from exc
+        entry = next((e for e in receipt.entries if e.message_id == out.message_id), None)
+        if entry is None:
+            raise DeliveryError("the receipt does not mention this message",
+                                code="DELIVERY_BAD_RECEIPT")
+        if entry.digest != digest:
+            raise DeliveryError(
+                f"the receipt's digest {entry.digest} is not the digest of what was sent",
+                code="DELIVERY_DIGEST_MISMATCH",
+            )
+        evidence, receipt_digest = canonical(verified.root)
+        await rt.audit.store_evidence(receipt_digest, "receipt", evidence,
+                                      agreement.retention_days if agreement else 3650)
+        event = "delivered" if entry.status in ("accepted", "duplicate") else "rejected"
+        await rt.record(
+            AuditEvent(
+                event=event,
+                direction="outbound",
+                partner=out.partner,
+                agreement=_id(agreement),
+                message_type=out.message_type,
+                message_id=out.message_id,
+                correlation_id=out.correlation_id,
+                envelope_digest=hexdigest(digest),
+                receipt_digest=receipt_digest,
+                outcome=entry.status,
+                code=entry.code,
+                reason=entry.reason,
+                details={"attempt": out.attempt, "receipt_id": receipt.receipt_id},
+            )
+        )
+        return entry.status, entry.code, entry.reason
+
+    async def _retry_or_fail(
+        self,
+        message: AbstractIncomingMessage,
+        out: Outgoing,
+        agreement: Agreement | None,
+        exc: DeliveryError,
+    ) -> None:
+        rt = self.rt
+        max_attempts = agreement.delivery.max_attempts if agreement else rt.settings.delivery.max_attempts
+        max_age = agreement.delivery.max_age_seconds if agreement else 86400
+        too_old = time.time() - out.first_seen > max_age
+        if out.attempt >= max_attempts or too_old or not exc.retryable:
+            why = "too old" if too_old else f"after {out.attempt} attempts"
+            await self._dead(out.partner, message, out, exc.code, f"{exc.reason} ({why})",
+                             status="failed")
+            return
+        delay = delay_for(out.attempt, rt.settings.delivery.backoff_initial,
+                          rt.settings.delivery.backoff_max)
+        retry_after = exc.context.get("retry_after")
+        if isinstance(retry_after, int | float) and retry_after > delay:
+            delay = delay_for(1, float(retry_after), rt.settings.delivery.backoff_max)
+        headers = dict(message.headers or {})
+        headers[ATTEMPT_HEADER] = out.attempt + 1
+        headers["x-maagw-first-seen"] = str(out.first_seen)
+        headers["x-maagw-last-error"] = f"{exc.code}: {exc.reason}"[:512]
+        try:
+            await rt.record(self._audit(out, agreement, "retry", "retrying", exc.code, exc.reason,
+                                        attempt=str(out.attempt), delay=str(delay)))
+            await rt.relay.publish(
+                rt.relay.names.retry, f"{delay}s.{out.partner}", message.body,
+                message_id=out.message_id, message_type=out.message_type,
+                correlation_id=out.correlation_id, content_type=message.content_type,
+                headers=headers,
+            )
+            await rt.relay.publish_event(
+                out.partner, "retrying",
+                rt.event("retrying", message_id=out.message_id, correlation_id=out.correlation_id,
+                         partner=out.partner, code=exc.code, reason=exc.reason,
+                         attempt=out.attempt, next_attempt_in=delay),
+            )
+        except RelayError as relay_exc:
+            await self._requeue_later(message, relay_exc)
+            return
+        await message.ack()
+        log.info("delivery_retrying", attempt=out.attempt, delay=delay, code=exc.code)
+
+    async def _dead(
+        self,
+        partner: str,
+        message: AbstractIncomingMessage,
+        out: Outgoing | None,
+        code: str,
+        reason: str,
+        *,
+        status: str,
+        audited: bool = False,
+    ) -> None:
+        """Dead-letter with a reason, keep a copy, tell the back office, then ack."""
+        rt = self.rt
+        properties = {
+            "message_id": message.message_id, "type": message.type,
+            "correlation_id": message.correlation_id, "content_type": message.content_type,
+            "headers": {k: str(v) for k, v in (message.headers or {}).items()},
+        }
+        try:
+            dead_id = await rt.store.dead_put(
+                message_id=message.message_id, partner=partner, direction="outbound", code=code,
+                reason=reason, properties=properties, body=message.body,
+            )
+            events = [] if audited else [
+                self._audit_raw(partner, message, out, "rejected" if status == "rejected"
+                                else "failed", code, reason)
+            ]
+            events.append(self._audit_raw(partner, message, out, "dead_lettered", code, reason,
+                                          dead_id=str(dead_id)))
+            await rt.record(*events)
+            headers = dict(message.headers or {})
+            headers.update({"x-maagw-code": code, "x-maagw-reason": reason[:1024],
+                            "x-maagw-partner": partner, "x-maagw-dead-id": dead_id})
+            await rt.relay.publish(
+                rt.relay.names.dlx, partner, message.body, message_id=message.message_id,
+                message_type=message.type, correlation_id=message.correlation_id,
+                content_type=message.content_type, headers=headers,
+            )
+            await rt.relay.publish_event(
+                partner, status,
+                rt.event(status, message_id=message.message_id,
+                         correlation_id=message.correlation_id, partner=partner, code=code,
+                         reason=reason, attempt=out.attempt if out else 1),
+            )
+        except RelayError as exc:
+            await self._requeue_later(message, exc)
+            return
+        await message.ack()
+        log.info("message_dead_lettered", code=code, reason=reason)
+
+    async def _requeue_later(self, message: AbstractIncomingMessage, exc: RelayError) -> None:
+        """The broker could not take a publish: give the message back after a pause.
+
+        If the channel is gone the broker has already requeued it; otherwise a
+        ``nack(requeue=True)`` returns it, and the queue's delivery limit bounds
+        how often this can happen to one message.
+        """
+        log.warning("relay_publish_failed", code=exc.code, reason=exc.reason)
+        await asyncio.sleep(1.0)
+        try:
+            await message.nack(requeue=True)
+        except Exception:  # noqa: BLE001 - the channel is closed: the broker requeues by itself
+            log.info("nack_skipped_channel_closed")
+
+    def _audit(
+        self, out: Outgoing, agreement: Agreement | None, event: str, outcome: str,
+        code: str | None, reason: str | None, **details: str,
+    ) -> AuditEvent:
+        return AuditEvent(
+            event=event, direction="outbound", partner=out.partner, agreement=_id(agreement),
+            message_type=out.message_type, message_id=out.message_id,
+            correlation_id=out.correlation_id, outcome=outcome, code=code, reason=reason,
+            details=details,
+        )
+
+    def _audit_raw(
+        self, partner: str, message: AbstractIncomingMessage, out: Outgoing | None, event: str,
+        code: str, reason: str, **details: str,
+    ) -> AuditEvent:
+        return AuditEvent(
+            event=event, direction="outbound", partner=partner,
+            agreement=out.agreement if out else None, message_type=message.type,
+            message_id=message.message_id, correlation_id=message.correlation_id,
+            outcome="refused" if event != "dead_lettered" else "dead", code=code, reason=reason,
+            details=details,
+        )
+
+
+def _header(headers: Any, name: str) -> str | None:
+    value = headers.get(name)
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    return str(value) if value else None
+
+
+def _id(agreement: Agreement | None) -> str | None:
+    return agreement.id if agreement else None
+
+
+def _str(value: object) -> str | None:
+    return value if isinstance(value, str) and value.strip() else None
+
+
+def _reference(document: Document) -> str | None:
+    value = document.body.get("reference")
+    return value if isinstance(value, str) and 0 < len(value) <= 128 else None

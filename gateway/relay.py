@@ -1,0 +1,313 @@
+"""RabbitMQ: the topology, publishing with confirms, consuming partner queues.
+
+The only module that touches aio-pika; its errors become ``RelayError`` here.
+Names follow the contract in docs/architecture.md, each prefixed with the
+administration's ``broker.prefix`` so that several gateways can share a broker::
+
+    maagw.outbound            direct, routing key = partner id  (back office publishes)
+    maagw.outbound.<partner>  quorum queue per partner          (gateway consumes)
+    maagw.retry               topic, routing key <delay>.<partner>
+    maagw.retry.<delay>       quorum queues with a fixed TTL, dead-lettering to maagw.requeue
+    maagw.requeue             topic, <delay>.<partner> -> maagw.outbound.<partner>
+    maagw.inbound             topic <partner>.<type> + default quorum queue bound with '#'
+    maagw.events              topic <partner>.<status> + default quorum queue bound with '#'
+    maagw.dlx / maagw.dead    fanout dead-letter exchange and its quorum queue
+
+Every publish waits for the broker's confirm and is mandatory; a nack, a return
+or a timeout raises ``RelayError``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aio_pika
+import aiormq
+import structlog
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractExchange,
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustConnection,
+)
+
+from gateway.errors import RelayError
+
+log = structlog.get_logger(__name__)
+
+#: the delay queues' fixed TTLs in seconds; a retry waits in the smallest one >= its backoff
+DELAYS: tuple[int, ...] = (1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+
+#: after this many redeliveries of one message (e.g. the gateway crashing on it) the broker
+#: dead-letters it: a poison message is never redelivered forever
+DELIVERY_LIMIT = 20
+
+Handler = Callable[[AbstractIncomingMessage], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Names:
+    """The broker object names of one administration."""
+
+    prefix: str = ""
+
+    def _n(self, base: str) -> str:
+        return f"{self.prefix}{base}"
+
+    @property
+    def outbound(self) -> str:
+        return self._n("maagw.outbound")
+
+    def outbound_queue(self, partner: str) -> str:
+        return self._n(f"maagw.outbound.{partner}")
+
+    @property
+    def retry(self) -> str:
+        return self._n("maagw.retry")
+
+    def retry_queue(self, delay: int) -> str:
+        return self._n(f"maagw.retry.{delay}s")
+
+    @property
+    def requeue(self) -> str:
+        return self._n("maagw.requeue")
+
+    @property
+    def inbound(self) -> str:
+        return self._n("maagw.inbound")
+
+    @property
+    def events(self) -> str:
+        return self._n("maagw.events")
+
+    @property
+    def dlx(self) -> str:
+        return self._n("maagw.dlx")
+
+    @property
+    def dead(self) -> str:
+        return self._n("maagw.dead")
+
+
+def quorum_args(names: Names, **extra: Any) -> dict[str, Any]:
+    """Arguments of every quorum queue: at-least-once dead-lettering to the DLX."""
+    args: dict[str, Any] = {
+        "x-queue-type": "quorum",
+        "x-dead-letter-exchange": names.dlx,
+        "x-dead-letter-strategy": "at-least-once",
+        "x-overflow": "reject-publish",
+    }
+    args.update(extra)
+    return args
+
+
+def delay_for(attempt: int, initial: float, maximum: float) -> int:
+    """The delay queue for retry number ``attempt`` (1-based): exponential, capped."""
+    wanted = min(initial * (2 ** (attempt - 1)), maximum)
+    for delay in DELAYS:
+        if delay >= wanted:
+            return delay
+    return DELAYS[-1]
+
+
+def topology(names: Names, partners: Iterable[str]) -> dict[str, Any]:
+    """The whole topology as a RabbitMQ definitions document (exchanges, queues, bindings)."""
+    exchanges = [
+        (names.outbound, "direct"),
+        (names.retry, "topic"),
+        (names.requeue, "topic"),
+        (names.inbound, "topic"),
+        (names.events, "topic"),
+        (names.dlx, "fanout"),
+    ]
+    queues: list[tuple[str, dict[str, Any]]] = []
+    bindings: list[tuple[str, str, str]] = []
+    for partner in sorted(partners):
+        q = names.outbound_queue(partner)
+        queues.append((q, quorum_args(names, **{"x-delivery-limit": DELIVERY_LIMIT})))
+        bindings.append((names.outbound, q, partner))
+        bindings.append((names.requeue, q, f"*.{partner}"))
+    for delay in DELAYS:
+        q = names.retry_queue(delay)
+        args = quorum_args(names, **{"x-message-ttl": delay * 1000})
+        args["x-dead-letter-exchange"] = names.requeue
+        queues.append((q, args))
+        bindings.append((names.retry, q, f"{delay}s.*"))
+    queues.append((names.inbound, quorum_args(names)))
+    bindings.append((names.inbound, names.inbound, "#"))
+    queues.append((names.events, quorum_args(names)))
+    bindings.append((names.events, names.events, "#"))
+    dead_args = {"x-queue-type": "quorum"}
+    queues.append((names.dead, dead_args))
+    bindings.append((names.dlx, names.dead, ""))
+    return {
+        "exchanges": [
+            {"name": n, "vhost": "/", "type": t, "durable": True, "auto_delete": False,
+             "internal": False, "arguments": {}}
+            for n, t in exchanges
+        ],
+        "queues": [
+            {"name": n, "vhost": "/", "durable": True, "auto_delete": False, "arguments": a}
+            for n, a in queues
+        ],
+        "bindings": [
+            {"source": s, "vhost": "/", "destination": d, "destination_type": "queue",
+             "routing_key": k, "arguments": {}}
+            for s, d, k in bindings
+        ],
+    }
+
+
+class Relay:
+    """One robust connection to the broker: declare, publish with confirms, consume."""
+
+    def __init__(
+        self,
+        url: str,
+        names: Names,
+        *,
+        confirm_timeout: float = 10.0,
+        prefetch: int = 64,
+        connection_name: str = "maagw",
+    ) -> None:
+        self.url = url
+        self.names = names
+        self.confirm_timeout = confirm_timeout
+        self.prefetch = prefetch
+        self.connection_name = connection_name
+        self._connection: AbstractRobustConnection | None = None
+        self._channel: AbstractChannel | None = None
+        self._exchanges: dict[str, AbstractExchange] = {}
+        self._consumers: list[tuple[AbstractQueue, str]] = []
+
+    @property
+    def ready(self) -> bool:
+        """True while the connection and the publishing channel are open."""
+        return (
+            self._connection is not None
+            and not self._connection.is_closed
+            and self._channel is not None
+            and not self._channel.is_closed
+        )
+
+    async def connect(self, partners: Iterable[str]) -> None:
+        """Connect (robustly: reconnects by itself) and declare the topology."""
+        try:
+            self._connection = await aio_pika.connect_robust(
+                self.url,
+                client_properties={"connection_name": self.connection_name},
+                timeout=10,
+            )
+            self._channel = await self._connection.channel(
+                publisher_confirms=True, on_return_raises=True
+            )
+            await self._declare(self._channel, topology(self.names, partners))
+        except (aiormq.exceptions.AMQPError, OSError, asyncio.TimeoutError) as exc:
+            await self.close()
+            raise RelayError(f"cannot reach the broker at {_safe_url(self.url)}: {exc}") from exc
+        log.info("relay_connected", broker=_safe_url(self.url))
+
+    async def _declare(self, channel: AbstractChannel, defs: Mapping[str, Any]) -> None:
+        types = {"direct": aio_pika.ExchangeType.DIRECT, "topic": aio_pika.ExchangeType.TOPIC,
+                 "fanout": aio_pika.ExchangeType.FANOUT}
+        for ex in defs["exchanges"]:
+            self._exchanges[ex["name"]] = await channel.declare_exchange(
+                ex["name"], types[ex["type"]], durable=True
+            )
+        queues = {}
+        for q in defs["queues"]:
+            queues[q["name"]] = await channel.declare_queue(
+                q["name"], durable=True, arguments=q["arguments"]
+            )
+        for b in defs["bindings"]:
+            await queues[b["destination"]].bind(self._exchanges[b["source"]], b["routing_key"])
+
+    async def publish(
+        self,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        *,
+        message_id: str | None,
+        message_type: str | None = None,
+        correlation_id: str | None = None,
+        content_type: str | None = None,
+        headers: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Publish persistently and wait for the confirm; ``RelayError`` otherwise."""
+        if not self.ready or exchange not in self._exchanges:
+            raise RelayError("the broker is not connected")
+        message = aio_pika.Message(
+            body,
+            message_id=message_id,
+            type=message_type,
+            correlation_id=correlation_id,
+            content_type=content_type,
+            headers=dict(headers or {}),
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        )
+        try:
+            await self._exchanges[exchange].publish(
+                message, routing_key, mandatory=True, timeout=self.confirm_timeout
+            )
+        except aiormq.exceptions.PublishError as exc:
+            raise RelayError(f"{exchange}/{routing_key}: unroutable", code="RELAY_RETURNED") from exc
+        except aiormq.exceptions.DeliveryError as exc:
+            raise RelayError(f"{exchange}/{routing_key}: the broker refused the message",
+                             code="RELAY_NACKED") from exc
+        except (aiormq.exceptions.AMQPError, OSError, RuntimeError, asyncio.TimeoutError) as exc:
+            raise RelayError(f"{exchange}/{routing_key}: publish not confirmed ({exc!r})",
+                             code="RELAY_UNCONFIRMED") from exc
+
+    async def publish_event(self, partner: str, status: str, event: Mapping[str, Any]) -> None:
+        """A status event for the back office, as JSON on the events exchange."""
+        await self.publish(
+            self.names.events,
+            f"{partner}.{status}",
+            json.dumps(event, separators=(",", ":"), sort_keys=True).encode(),
+            message_id=str(event.get("message_id") or "") or None,
+            message_type=f"event.{status}",
+            correlation_id=event.get("correlation_id"),
+            content_type="application/json",
+        )
+
+    async def consume(self, queue_name: str, handler: Handler) -> None:
+        """Consume a queue with manual acks on its own channel, ``prefetch`` at a time."""
+        if self._connection is None:
+            raise RelayError("the broker is not connected")
+        channel = await self._connection.channel()
+        await channel.set_qos(prefetch_count=self.prefetch)
+        queue = await channel.get_queue(queue_name, ensure=True)
+        tag = await queue.consume(handler, no_ack=False)
+        self._consumers.append((queue, tag))
+
+    async def stop_consuming(self) -> None:
+        """Cancel every consumer: the broker stops delivering, unacked messages stay ours."""
+        for queue, tag in self._consumers:
+            try:
+                await queue.cancel(tag)
+            except (aiormq.exceptions.AMQPError, OSError, RuntimeError):
+                log.warning("consumer_cancel_failed", queue=queue.name)
+        self._consumers.clear()
+
+    async def close(self) -> None:
+        """Close the connection; unacknowledged messages return to their queues."""
+        connection, self._connection = self._connection, None
+        self._channel = None
+        if connection is not None and not connection.is_closed:
+            await connection.close()
+
+
+def _safe_url(url: str) -> str:
+    """The broker URL without its password, for logs and errors."""
+    if "@" not in url:
+        return url
+    scheme, rest = url.split("://", 1) if "://" in url else ("amqp", url)
+    creds, host = rest.rsplit("@", 1)
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}"

@@ -1,0 +1,316 @@
+"""The gateway's own state in SQLite: outbox, duplicate claims, dead letters, known requests.
+
+- **outbox**: the signed bytes of every envelope sent, stored before the first attempt,
+  so that every retry (also after a restart) sends identical bytes.
+- **claims**: (sender, message id) of inbound envelopes, claimed atomically before
+  publishing and marked published after the broker confirmed; this is the duplicate
+  and replay store, kept for ``retention`` (default 7 days).
+- **dead**: a copy of every dead-lettered message, since a queue cannot be browsed.
+- **requests**: ids of requests exchanged under an agreement, so that a reply that
+  answers no known request is refused.
+
+All calls run on one worker thread (SQLite connections are not shared across
+threads); each call is one transaction, committed before it returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from gateway.errors import GatewayError
+
+T = TypeVar("T")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    message_id TEXT PRIMARY KEY,
+    partner TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    signed BLOB NOT NULL,
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS claims (
+    sender TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    state TEXT NOT NULL,
+    receipt_id TEXT,
+    claimed REAL NOT NULL,
+    PRIMARY KEY (sender, message_id)
+);
+CREATE TABLE IF NOT EXISTS dead (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    message_id TEXT,
+    partner TEXT,
+    direction TEXT NOT NULL,
+    code TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    properties TEXT NOT NULL,
+    body BLOB NOT NULL,
+    dead_at REAL NOT NULL,
+    replayed_at REAL
+);
+CREATE TABLE IF NOT EXISTS requests (
+    agreement TEXT NOT NULL,
+    requester TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    at REAL NOT NULL,
+    PRIMARY KEY (agreement, requester, message_id)
+);
+"""
+
+ClaimResult = Literal["claimed", "published", "in_flight"]
+
+
+class StoreError(GatewayError):
+    """The state store could not be read or written."""
+
+    default_code = "STORE_FAILED"
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """The state of one inbound (sender, message id)."""
+
+    outcome: ClaimResult
+    digest: str
+    receipt_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A copy of a dead-lettered message."""
+
+    id: int
+    message_id: str | None
+    partner: str | None
+    direction: str
+    code: str
+    reason: str
+    properties: dict[str, Any]
+    body: bytes
+    dead_at: float
+    replayed_at: float | None
+
+
+class Store:
+    """The state store; open with ``await Store.open(path)``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="maagw-store")
+        self._db: sqlite3.Connection | None = None
+
+    @classmethod
+    async def open(cls, path: Path) -> Store:
+        store = cls(path)
+        await store._run(store._open)
+        return store
+
+    def _open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("PRAGMA busy_timeout=5000")
+        db.executescript(SCHEMA)
+        self._db = db
+
+    async def close(self) -> None:
+        if self._db is not None:
+            await self._run(self._db.close)
+            self._db = None
+        self._executor.shutdown(wait=True)
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, fn, *args)
+        except sqlite3.Error as exc:
+            raise StoreError(f"state store {self.path}: {exc}") from exc
+
+    def _tx(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        assert self._db is not None, "store is not open"
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            result = fn(db)
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+        return result
+
+    # -- outbox ---------------------------------------------------------------------------
+
+    async def outbox_get(self, message_id: str) -> tuple[bytes, str] | None:
+        """The signed bytes and digest stored for a message, if it was signed before."""
+
+        def q(db: sqlite3.Connection) -> tuple[bytes, str] | None:
+            row = db.execute(
+                "SELECT signed, digest FROM outbox WHERE message_id = ?", (message_id,)
+            ).fetchone()
+            return (bytes(row[0]), str(row[1])) if row else None
+
+        return await self._run(self._tx, q)
+
+    async def outbox_put(self, message_id: str, partner: str, signed: bytes, digest: str) -> None:
+        """Store the signed envelope durably before its first attempt."""
+        await self._run(
+            self._tx,
+            lambda db: db.execute(
+                "INSERT OR IGNORE INTO outbox VALUES (?, ?, ?, ?, ?)",
+                (message_id, partner, digest, signed, time.time()),
+            ),
+        )
+
+    # -- inbound duplicate claims -------------------------------------------------------------
+
+    async def claim(self, sender: str, message_id: str, digest: str, *, stale_after: float) -> Claim:
+        """Claim (sender, message id) atomically before publishing.
+
+        ``claimed``: this caller owns it and must publish, then ``mark_published`` (or
+        ``release`` on failure). ``published``: a duplicate. ``in_flight``: another
+        request is publishing it right now (the sender should retry later). A claim older
+        than ``stale_after`` seconds that never got published (a crash) is taken over.
+        """
+
+        def q(db: sqlite3.Connection) -> Claim:
+            now = time.time()
+            row = db.execute(
+                "SELECT digest, state, receipt_id, claimed FROM claims "
+                "WHERE sender = ? AND message_id = ?",
+                (sender, message_id),
+            ).fetchone()
+            if row is None or (row[1] == "claimed" and now - row[3] > stale_after):
+                db.execute(
+                    "INSERT OR REPLACE INTO claims VALUES (?, ?, ?, 'claimed', NULL, ?)",
+                    (sender, message_id, digest, now),
+                )
+                return Claim("claimed", digest, None)
+            if row[1] == "published":
+                return Claim("published", str(row[0]), row[2])
+            return Claim("in_flight", str(row[0]), None)
+
+        return await self._run(self._tx, q)
+
+    async def mark_published(self, sender: str, message_id: str, receipt_id: str) -> None:
+        await self._run(
+            self._tx,
+            lambda db: db.execute(
+                "UPDATE claims SET state = 'published', receipt_id = ? "
+                "WHERE sender = ? AND message_id = ?",
+                (receipt_id, sender, message_id),
+            ),
+        )
+
+    async def release(self, sender: str, message_id: str) -> None:
+        """Give up a claim whose publish failed, so the sender's retry is not a duplicate."""
+        await self._run(
+            self._tx,
+            lambda db: db.execute(
+                "DELETE FROM claims WHERE sender = ? AND message_id = ? AND state = 'claimed'",
+                (sender, message_id),
+            ),
+        )
+
+    async def expire_claims(self, older_than: float) -> int:
+        """Forget published claims older than the retention (seconds since the epoch)."""
+        return await self._run(
+            self._tx,
+            lambda db: db.execute(
+                "DELETE FROM claims WHERE state = 'published' AND claimed < ?", (older_than,)
+            ).rowcount,
+        )
+
+    # -- known requests -----------------------------------------------------------------
+
+    async def remember_request(self, agreement: str, requester: str, message_id: str) -> None:
+        """Record a request sent by ``requester`` under ``agreement``."""
+        await self._run(
+            self._tx,
+            lambda db: db.execute(
+                "INSERT OR IGNORE INTO requests VALUES (?, ?, ?, ?)",
+                (agreement, requester, message_id, time.time()),
+            ),
+        )
+
+    async def knows_request(self, agreement: str, requester: str, message_id: str) -> bool:
+        """Whether ``requester`` sent request ``message_id`` under ``agreement``."""
+
+        def q(db: sqlite3.Connection) -> bool:
+            return (
+                db.execute(
+                    "SELECT 1 FROM requests WHERE agreement = ? AND requester = ? AND message_id = ?",
+                    (agreement, requester, message_id),
+                ).fetchone()
+                is not None
+            )
+
+        return await self._run(self._tx, q)
+
+    # -- dead letters ----------------------------------------------------------------------
+
+    async def dead_put(
+        self,
+        *,
+        message_id: str | None,
+        partner: str | None,
+        direction: str,
+        code: str,
+        reason: str,
+        properties: Mapping[str, Any],
+        body: bytes,
+    ) -> int:
+        """Keep a copy of a dead-lettered message; returns its id."""
+
+        def q(db: sqlite3.Connection) -> int:
+            cur = db.execute(
+                "INSERT INTO dead (message_id, partner, direction, code, reason, properties, "
+                "body, dead_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (message_id, partner, direction, code, reason,
+                 json.dumps(properties, default=str, sort_keys=True), body, time.time()),
+            )
+            return int(cur.lastrowid or 0)
+
+        return await self._run(self._tx, q)
+
+    async def dead_list(self, limit: int = 100) -> list[DeadLetter]:
+        return await self._run(
+            self._tx,
+            lambda db: [
+                _dead(r)
+                for r in db.execute("SELECT * FROM dead ORDER BY id DESC LIMIT ?", (limit,))
+            ],
+        )
+
+    async def dead_get(self, dead_id: int) -> DeadLetter | None:
+        def q(db: sqlite3.Connection) -> DeadLetter | None:
+            row = db.execute("SELECT * FROM dead WHERE id = ?", (dead_id,)).fetchone()
+            return _dead(row) if row else None
+
+        return await self._run(self._tx, q)
+
+    async def dead_mark_replayed(self, dead_id: int) -> None:
+        await self._run(
+            self._tx,
+            lambda db: db.execute(
+                "UPDATE dead SET replayed_at = ? WHERE id = ?", (time.time(), dead_id)
+            ),
+        )
+
+
+def _dead(row: tuple[Any, ...]) -> DeadLetter:
+    return DeadLetter(
+        id=row[0], message_id=row[1], partner=row[2], direction=row[3], code=row[4],
+        reason=row[5], properties=json.loads(row[6]), body=bytes(row[7]), dead_at=row[8],
+        replayed_at=row[9],
+    )

@@ -1,0 +1,148 @@
+"""Test helpers shared by the test suite and the benchmarks (not used by the gateway).
+
+- ``require_service``: skip a test whose service is down, or fail it in CI.
+- ``GatewayPair``: two real gateways (XA, XB) on loopback with generated
+  certificates and a unique broker prefix, and their back offices.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+import pytest
+
+from gateway.config import Settings, load_settings
+from gateway.relay import Names, topology
+
+RABBITMQ_URL = os.environ.get("MAAGW_TEST_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672/")
+
+HINTS = {
+    "RabbitMQ": "start it with `rabbitmq-server -detached` (or run `make test`, which starts it)",
+    "PostgreSQL": "start it with `pg_ctlcluster --skip-systemctl-redirect 15 main start` "
+    "(or run `make test`, which starts it)",
+}
+
+
+def services_required() -> bool:
+    """True in CI (``CI=true``) or with ``MAAGW_REQUIRE_SERVICES=1``: missing services fail."""
+    return os.environ.get("CI", "").lower() in {"1", "true", "yes"} or bool(
+        os.environ.get("MAAGW_REQUIRE_SERVICES")
+    )
+
+
+def require_service(name: str, host: str, port: int) -> None:
+    """Skip (or, when services are required, fail) if nothing listens at host:port."""
+    try:
+        with socket.create_connection((host, port), timeout=2):
+            return
+    except OSError:
+        message = f"{name} is not reachable at {host}:{port}: {HINTS.get(name, '')}"
+        if services_required():
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+def unique_prefix(tag: str = "t") -> str:
+    """A broker name prefix no other test uses."""
+    return f"test-{tag}-{uuid.uuid4().hex[:8]}."
+
+
+async def delete_topology(url: str, names: Names, partners: Sequence[str]) -> None:
+    """Delete every exchange and queue of a prefix (test clean-up)."""
+    defs = topology(names, partners)
+    connection = await aio_pika.connect(url)
+    try:
+        for q in defs["queues"]:
+            channel = await connection.channel()
+            try:
+                await channel.queue_delete(q["name"])
+            except aio_pika.exceptions.AMQPError:
+                pass
+        for ex in defs["exchanges"]:
+            channel = await connection.channel()
+            try:
+                await channel.exchange_delete(ex["name"])
+            except aio_pika.exceptions.AMQPError:
+                pass
+    finally:
+        await connection.close()
+
+
+@dataclass
+class BackOffice:
+    """One administration's back office: publishes outbound, reads inbound and events."""
+
+    settings: Settings
+    connection: aio_pika.abc.AbstractRobustConnection
+    channel: aio_pika.abc.AbstractChannel = field(init=False)
+
+    async def open(self) -> BackOffice:
+        self.channel = await self.connection.channel(publisher_confirms=True)
+        return self
+
+    async def send(
+        self,
+        partner: str,
+        body: bytes,
+        *,
+        message_id: str | None,
+        message_type: str = "maa.request",
+        fmt: str = "national-json",
+        correlation_id: str | None = None,
+        headers: dict[str, Any] | None = None,
+    ) -> None:
+        exchange = await self.channel.get_exchange(self.settings.name_of("maagw.outbound"))
+        hdrs: dict[str, Any] = {"x-maagw-format": fmt}
+        hdrs.update(headers or {})
+        await exchange.publish(
+            aio_pika.Message(body, message_id=message_id, type=message_type,
+                             correlation_id=correlation_id, headers=hdrs,
+                             delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+            routing_key=partner,
+        )
+
+    async def drain(self, queue_base: str, *, want: int | None = None,
+                    timeout: float = 20.0, idle: float = 1.0) -> list[aio_pika.abc.AbstractIncomingMessage]:
+        """Take messages from one of this administration's queues until ``want`` or idle."""
+        queue = await self.channel.get_queue(self.settings.name_of(queue_base))
+        got: list[aio_pika.abc.AbstractIncomingMessage] = []
+        deadline = time.monotonic() + timeout
+        last = time.monotonic()
+        while time.monotonic() < deadline:
+            message = await queue.get(fail=False, no_ack=True)
+            if message is None:
+                if want is None and got and time.monotonic() - last > idle:
+                    break
+                if want is not None and len(got) >= want:
+                    break
+                await asyncio.sleep(0.05)
+                continue
+            got.append(message)
+            last = time.monotonic()
+            if want is not None and len(got) >= want:
+                # keep reading briefly so that a duplicate would be seen too
+                deadline = min(deadline, time.monotonic() + idle)
+        return got
+
+    async def count(self, queue_name: str) -> int:
+        queue = await self.channel.declare_queue(queue_name, passive=True)
+        return int(queue.declaration_result.message_count or 0)
+
+
+def provision_pair(root: Path, *, tag: str = "t") -> dict[str, Settings]:
+    """Certificates and configuration for XA and XB with unique broker prefixes."""
+    from gateway.demo import provision
+
+    base = unique_prefix(tag)
+    prov = provision(root, RABBITMQ_URL, prefixes={"XA": base + "xa.", "XB": base + "xb."},
+                     extra={})
+    return {gid: load_settings(p.config) for gid, p in prov.items()}

@@ -1,0 +1,31 @@
+"""Fixtures shared by the whole suite."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from gateway.config import Settings
+from gateway.relay import Names
+from gateway.testing import RABBITMQ_URL, delete_topology, provision_pair, require_service
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+SHARED_TESTDATA = PROJECT_ROOT.parent / "shared" / "testdata"
+
+
+@pytest.fixture
+def rabbitmq() -> str:
+    """The URL of a reachable RabbitMQ (skips, or fails in CI, when there is none)."""
+    require_service("RabbitMQ", "127.0.0.1", 5672)
+    return RABBITMQ_URL
+
+
+@pytest.fixture
+async def pair(tmp_path: Path, rabbitmq: str) -> AsyncIterator[dict[str, Settings]]:
+    """Configuration of two administrations, XA and XB; their broker objects deleted after."""
+    settings = provision_pair(tmp_path)
+    yield settings
+    for s in settings.values():
+        await delete_topology(rabbitmq, Names(s.broker.prefix), list(s.partners))

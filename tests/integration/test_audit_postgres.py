@@ -1,0 +1,96 @@
+"""PostgreSQL-only behaviour of gateway/audit.py (the shared suite in tests/gateway/test_audit.py
+runs every other test on PostgreSQL too): several gateways writing one chain, concurrent migration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+
+import asyncpg  # type: ignore[import-untyped]
+import pytest
+
+from gateway.audit import AuditEvent, AuditLog
+from gateway.audit_testing import (
+    EcSigner,
+    PgUnavailable,
+    reset_audit_tables,
+    services_required,
+    start_scratch_pg,
+    stop_scratch_pg,
+)
+from gateway.errors import AuditError
+
+pytestmark = pytest.mark.postgres
+
+
+@pytest.fixture(scope="module")
+def pg_server() -> Iterator[str]:
+    """A scratch PostgreSQL database for this module, dropped afterwards."""
+    try:
+        url = start_scratch_pg()
+    except PgUnavailable as exc:
+        if services_required():
+            pytest.fail(str(exc))
+        pytest.skip(str(exc))
+    yield url
+    stop_scratch_pg(url)
+
+
+@pytest.fixture
+async def pg_url(pg_server: str) -> AsyncIterator[str]:
+    """The scratch database with no audit schema in it."""
+    await reset_audit_tables(pg_server)
+    yield pg_server
+
+
+async def test_two_gateways_share_one_linear_chain(pg_url: str) -> None:
+    """Two gateway instances appending at once to one database build one chain that verifies."""
+    signer = EcSigner.generate()
+    logs = [
+        await AuditLog.open(pg_url, gateway_id=gid, checkpoint_signer=signer, checkpoint_every=50)
+        for gid in ("XA", "XA-2")
+    ]
+    try:
+
+        async def burst(log: AuditLog, n: int) -> list[int]:
+            return list(
+                await asyncio.gather(
+                    *(log.append(AuditEvent("received", message_id=f"{n}-{i}")) for i in range(200))
+                )
+            )
+
+        results = await asyncio.gather(*(burst(log, n) for n in range(3) for log in logs))
+    finally:
+        for log in logs:
+            await log.close()
+    seqs = [s for r in results for s in r]
+    assert sorted(seqs) == list(range(1, len(seqs) + 1))
+    check = await AuditLog.open(pg_url, gateway_id="XA")
+    try:
+        report = await check.verify(trusted_certs=[signer.cert])
+        gateways = {e.gateway for e in await check.search(limit=10_000)}
+    finally:
+        await check.close()
+    assert report.ok, report.lines()
+    assert gateways == {"XA", "XA-2"}
+
+
+async def test_concurrent_opens_migrate_once(pg_url: str) -> None:
+    """Gateways starting together on an empty database apply each migration exactly once."""
+    logs = await asyncio.gather(*(AuditLog.open(pg_url, gateway_id="XA") for _ in range(4)))
+    for log in logs:
+        await log.close()
+    con = await asyncpg.connect(pg_url)
+    try:
+        versions = [r[0] for r in await con.fetch("SELECT version FROM audit_schema_version")]
+    finally:
+        await con.close()
+    assert versions == [1]
+
+
+async def test_unreachable_server_is_an_audit_error() -> None:
+    """An unreachable PostgreSQL is reported as AuditError AUDIT_UNAVAILABLE, not a crash."""
+    with pytest.raises(AuditError) as info:
+        await AuditLog.open("postgresql://postgres@127.0.0.1:1/none", gateway_id="XA")
+    assert info.value.code == "AUDIT_UNAVAILABLE"
