@@ -6,13 +6,14 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: demo test test-unit lint bench services venv clean help
+.PHONY: demo test test-unit lint bench services venv certs clean help
 
 help:
 	@echo "make demo   two administrations exchange a signed request and reply end to end"
 	@echo "make test   unit and integration tests (real RabbitMQ, PostgreSQL, TLS, openssl, xmlsec1)"
 	@echo "make lint   ruff and mypy"
 	@echo "make bench  benchmarks (see bench/README.md)"
+	@echo "make certs  development certificates for the example configuration in config/"
 
 venv: $(STAMP)
 
@@ -39,6 +40,9 @@ lint: venv
 	$(BIN)/ruff check gateway adapters tests bench
 	$(BIN)/ruff format --check gateway adapters tests bench
 	$(BIN)/mypy
+
+certs: venv
+	@bash deploy/scripts/dev-certs.sh
 
 bench: venv services
 	$(BIN)/python bench/run.py $(BENCH_ARGS)

@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 from gateway.audit import AuditEvent, AuditLog
-from gateway.log import configure
 from gateway.audit_testing import (
     EcSigner,
     PgUnavailable,
@@ -25,6 +24,7 @@ from gateway.audit_testing import (
     start_scratch_pg,
     stop_scratch_pg,
 )
+from gateway.log import configure
 
 
 def event(n: int, i: int) -> AuditEvent:

@@ -901,8 +901,17 @@ def _row_from_json(line: bytes) -> tuple[Any, ...]:
     details = obj["details"]
     if not isinstance(details, dict):
         raise ValueError("details is not an object")
+    values = [obj[k] for k in _ROW_KEYS]
+    if type(values[0]) is not int:
+        raise ValueError("seq is not an integer")
+    for key, value in zip(_ROW_KEYS[1:], values[1:], strict=True):
+        if value is not None and not isinstance(value, str):
+            raise ValueError(f"{key} is not a string")
+    for key in ("prev_hash", "hash"):
+        if not isinstance(obj[key], str):
+            raise ValueError(f"{key} is not a string")
     return (
-        *(obj[k] for k in _ROW_KEYS),
+        *values,
         canonical_json(details),
         obj["prev_hash"],
         obj["hash"],

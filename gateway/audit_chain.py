@@ -193,10 +193,6 @@ def canonical_json(value: Any) -> str:
     )
 
 
-def _s(value: str | None) -> str:
-    return "null" if value is None else _encode_str(value)
-
-
 def canonical_entry(
     seq: int,
     time: str,
@@ -221,14 +217,26 @@ def canonical_entry(
     Written out by hand (rather than ``json.dumps`` of a dict) because verify runs it
     once per entry; ``test_audit`` checks it equals ``canonical_json`` of the object.
     """
+    e = _encode_str
+    N = "null"  # noqa: N806 - a short name keeps the template readable
     return (
-        f'{{"actor":{_s(actor)},"agreement":{_s(agreement)},"code":{_s(code)},'
-        f'"correlation_id":{_s(correlation_id)},"details":{details},'
-        f'"direction":{_s(direction)},"envelope_digest":{_s(envelope_digest)},'
-        f'"event":{_s(event)},"gateway":{_s(gateway)},"message_id":{_s(message_id)},'
-        f'"message_type":{_s(message_type)},"outcome":{_s(outcome)},'
-        f'"partner":{_s(partner)},"reason":{_s(reason)},'
-        f'"receipt_digest":{_s(receipt_digest)},"seq":{seq},"time":{_s(time)}}}'
+        f'{{"actor":{N if actor is None else e(actor)}'
+        f',"agreement":{N if agreement is None else e(agreement)}'
+        f',"code":{N if code is None else e(code)}'
+        f',"correlation_id":{N if correlation_id is None else e(correlation_id)}'
+        f',"details":{details}'
+        f',"direction":{N if direction is None else e(direction)}'
+        f',"envelope_digest":{N if envelope_digest is None else e(envelope_digest)}'
+        f',"event":{N if event is None else e(event)}'
+        f',"gateway":{N if gateway is None else e(gateway)}'
+        f',"message_id":{N if message_id is None else e(message_id)}'
+        f',"message_type":{N if message_type is None else e(message_type)}'
+        f',"outcome":{N if outcome is None else e(outcome)}'
+        f',"partner":{N if partner is None else e(partner)}'
+        f',"reason":{N if reason is None else e(reason)}'
+        f',"receipt_digest":{N if receipt_digest is None else e(receipt_digest)}'
+        f',"seq":{seq}'
+        f',"time":{N if time is None else e(time)}}}'
     ).encode()
 
 
