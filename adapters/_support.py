@@ -161,11 +161,12 @@ def json_path(parts: Iterable[str | int]) -> str:
         elif _IDENTIFIER.fullmatch(part):
             out += f".{part}"
         else:
-            out += f"[{json.dumps(part)}]"
+            escaped = part.replace("\\", "\\\\").replace("'", "\\'")
+            out += f"['{escaped}']"
     return out
 
 
-_IDENTIFIER = re.compile(r"[A-Za-z_@$][\w@$:-]*")
+_IDENTIFIER = re.compile(r"[A-Za-z_][\w-]*")
 
 
 def json_schema_error(

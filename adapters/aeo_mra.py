@@ -94,6 +94,10 @@ class AeoMraJsonAdapter:
     name = "aeo-mra-json"
     media_type = "application/json"
 
+    def preload(self) -> None:
+        """Compile the schemas now (at start) rather than on the first message."""
+        validator()
+
     def decode(self, data: bytes, *, message_type: str | None = None) -> Document:
         """Parse and validate an AEO status list in JSON."""
         check_message_type(MESSAGE_TYPE, message_type, self.name, "$")
@@ -123,14 +127,19 @@ class AeoMraCsvAdapter:
     name = "aeo-mra-csv"
     media_type = "text/csv"
 
+    def preload(self) -> None:
+        """Compile the schemas now (at start) rather than on the first message."""
+        validator()
+
     def decode(self, data: bytes, *, message_type: str | None = None) -> Document:
         """Parse and validate an AEO status list in CSV."""
         check_message_type(MESSAGE_TYPE, message_type, self.name, "line 1")
         rows, lines = self._rows(data)
-        body: dict[str, Any] = {"traders": []}
+        body: dict[str, Any] = {}
         for column in _LIST_COLUMNS:
             if rows and rows[0][column]:
                 body[CSV_COLUMNS[column][0]] = rows[0][column]
+        body["traders"] = []
         for row, line in zip(rows, lines, strict=True):
             for column in _LIST_COLUMNS:
                 if row[column] != rows[0][column]:

@@ -46,6 +46,10 @@ class MaaXmlAdapter:
     name = "maa-xml"
     media_type = "application/xml"
 
+    def preload(self) -> None:
+        """Compile the schemas now (at start) rather than on the first message."""
+        schema()
+
     def decode(self, data: bytes, *, message_type: str | None = None) -> Document:
         """Parse, validate and read an MAA XML document."""
         root = parse_xml(data, self.name)

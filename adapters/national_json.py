@@ -61,6 +61,11 @@ class NationalJsonAdapter:
     name = "national-json"
     media_type = "application/json"
 
+    def preload(self) -> None:
+        """Compile the schemas now (at start) rather than on the first message."""
+        for message_type in spec.ROOTS:
+            validator(message_type)
+
     def decode(self, data: bytes, *, message_type: str | None = None) -> Document:
         """Parse, validate and read a national-json document."""
         obj = load_json(data, self.name)

@@ -250,6 +250,10 @@ class NctsXmlAdapter:
     name = "ncts-p5-xml"
     media_type = "application/xml"
 
+    def preload(self) -> None:
+        """Compile the schemas now (at start) rather than on the first message."""
+        preload()
+
     def decode(self, data: bytes, *, message_type: str | None = None) -> Document:
         """Parse safely, validate against the XSD 1.1 and read the JSON form."""
         root = parse_xml(data, self.name)
@@ -290,7 +294,7 @@ class NctsXmlAdapter:
         """Write the document as XML valid against the XSD 1.1."""
         code = message_code(document.message_type, self.name)
         element = to_xml_element(document.body, code, self.name, encoding=True)
-        text = xmlschema.etree_tostring(element, namespaces=_OUTPUT_NAMESPACES, indent="  ")
+        text = xmlschema.etree_tostring(element, namespaces=_OUTPUT_NAMESPACES)
         return b'<?xml version="1.0" encoding="UTF-8"?>\n' + str(text).encode("utf-8") + b"\n"
 
     def categories(self, document: Document) -> frozenset[str]:
@@ -303,6 +307,10 @@ class NctsJsonAdapter:
 
     name = "ncts-p5-json"
     media_type = "application/json"
+
+    def preload(self) -> None:
+        """Compile the schemas now (at start) rather than on the first message."""
+        preload()
 
     def decode(self, data: bytes, *, message_type: str | None = None) -> Document:
         """Parse, validate against the JSON Schema and, by translating it, the XSD."""

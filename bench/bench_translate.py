@@ -54,7 +54,9 @@ def main() -> None:
     documents, elapsed = run(data, args.seconds)
     rate = documents / elapsed
     print(f"input: {args.input.name} ({len(data)} bytes), {where}")
-    print(f"national-json -> maa-xml, validated both sides: {documents} documents in {elapsed:.2f} s")
+    print(
+        f"national-json -> maa-xml, validated both sides: {documents} documents in {elapsed:.2f} s"
+    )
     print(f"{rate:,.0f} documents/s on one core ({1e6 / rate:.0f} us each; target >= 3,000)")
 
 

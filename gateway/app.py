@@ -108,6 +108,8 @@ class Gateway:
     async def start(self) -> None:
         """Load material, connect the broker, open the stores, listen, consume."""
         s = self.settings
+        if s.preload_schemas:
+            await asyncio.to_thread(_preload_adapters)
         trust = TrustStore(s.partners)
         signer = Signer.from_files(s.signing.key, s.signing.cert)
         s.state_dir.mkdir(parents=True, exist_ok=True)
@@ -118,7 +120,7 @@ class Gateway:
             Names(s.broker.prefix),
             confirm_timeout=s.broker.confirm_timeout,
             prefetch=s.delivery.concurrency,
-            connection_name=f"maagw-{s.gateway_id}",
+            connection_name=f"maagw-{s.broker.prefix}{s.gateway_id}",
         )
         client = PartnerClient(s.partners, trust, s.tls, timeout=s.delivery.timeout,
                                connections_per_partner=s.delivery.concurrency)
@@ -221,6 +223,17 @@ class Gateway:
             loop.add_signal_handler(sig, self._stopping.set)
         await self._stopping.wait()
         await self.stop()
+
+
+def _preload_adapters() -> None:
+    """Build every adapter's schemas now, so that no message waits for one."""
+    import adapters
+
+    for name in adapters.available():
+        preload = getattr(adapters.get(name), "preload", None)
+        if callable(preload):
+            preload()
+    log.info("schemas_preloaded", adapters=adapters.available())
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -21,7 +21,10 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import multiprocessing
+import os
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -81,6 +84,10 @@ T = TypeVar("T")
 MAX_BATCH = 20_000
 #: rows fetched per round trip while verifying or exporting
 CHUNK = 5_000
+#: entries from which verify uses worker processes by default
+PARALLEL_MIN = 200_000
+#: fewest entries one verify worker task takes
+MIN_SEGMENT = CHUNK
 #: problems a report keeps (the count goes on)
 MAX_PROBLEMS = 1_000
 
@@ -200,6 +207,8 @@ class AuditLog:
         self._closing = False
         self._writer: asyncio.Task[None] | None = None
         self._head = (0, GENESIS)
+        #: the store's URL (verify workers open their own connections with it)
+        self.url: str | None = None
         self._last_cp_seq = 0
         self._last_cp_mono = 0.0
 
@@ -228,6 +237,7 @@ class AuditLog:
             checkpoint_every=checkpoint_every,
             checkpoint_seconds=checkpoint_seconds,
         )
+        self.url = url
         self._head = await store.head()
         cps = await store.checkpoints()
         self._last_cp_seq = max((cp.seq for cp in cps), default=0)
@@ -241,6 +251,8 @@ class AuditLog:
     def _check_open(self) -> None:
         if self._closing:
             raise AuditError("the audit log is closed", code="AUDIT_CLOSED")
+        if self._writer is not None and self._writer.done():
+            raise AuditError("the audit writer stopped", code="AUDIT_WRITER_STOPPED")
 
     def _pending(self, event: AuditEvent) -> Pending:
         return (
@@ -311,6 +323,17 @@ class AuditLog:
         await fut
 
     async def _write_loop(self) -> None:
+        try:
+            await self._write_forever()
+        finally:
+            # cancelled or crashed: nobody may wait forever for an entry that will not come
+            err = AuditError("the audit writer stopped", code="AUDIT_WRITER_STOPPED")
+            for _, fut in (*self._waiting.entries, *self._waiting.evidence):
+                if fut is not None and not fut.done():
+                    fut.set_exception(err)
+            self._waiting = _Waiting()
+
+    async def _write_forever(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             timeout = None
@@ -336,7 +359,12 @@ class AuditLog:
                 self._waiting = _Waiting()
                 if self._closing:
                     self._wake.set()  # come round once more to see the queue is empty
-            await self._commit(batch)
+            try:
+                await self._commit(batch)
+            except BaseException:
+                self._waiting.entries[:0] = batch.entries  # failed by _write_loop's finally
+                self._waiting.evidence[:0] = batch.evidence
+                raise
             await self._maybe_checkpoint()
 
     async def _commit(self, batch: _Waiting) -> None:
@@ -410,10 +438,10 @@ class AuditLog:
             return
         self._closing = True
         self._wake.set()
-        if self._writer is not None:
-            await self._writer
-            self._writer = None
+        writer, self._writer = self._writer, None
         try:
+            if writer is not None:
+                await asyncio.gather(writer, return_exceptions=True)  # a crash was logged
             if self._signer is not None and self._head[0] > self._last_cp_seq:
                 await self.checkpoint()
         finally:
@@ -474,14 +502,26 @@ class AuditLog:
         *,
         progress: Progress | None = None,
         trusted_certs: Sequence[x509.Certificate] | None = None,
+        workers: int | None = None,
     ) -> VerifyReport:
         """Recompute the whole chain and every checkpoint signature.
 
         With ``trusted_certs``, a checkpoint signed by any other certificate is a fault.
+        Logs of ``PARALLEL_MIN`` entries or more are split into seq ranges verified by
+        ``workers`` processes (default: up to 4, one per CPU) and stitched together;
+        the report is the same as a sequential run's.
         """
+        # checkpoints first: every checkpoint read then is at or below the head read next,
+        # unless entries it signed were removed (a live gateway keeps appending meanwhile)
+        checkpoints = await self._store.checkpoints()
         head, _ = await self._store.head()
         total = await self._store.count(1, head)
-        verifier = ChainVerifier(await self._store.checkpoints(), trusted_certs=trusted_certs)
+        verifier = ChainVerifier(checkpoints, trusted_certs=trusted_certs)
+        if workers is None:
+            workers = min(os.cpu_count() or 1, 4) if total >= PARALLEL_MIN else 1
+        if workers > 1 and self.url is not None and head > 0:
+            await self._verify_parallel(verifier, head, total, workers, progress)
+            return verifier.finish()
         done = 0
         async for rows in _prefetched(self._store.iter_rows(1, head, CHUNK)):
             verifier.feed(rows)
@@ -489,6 +529,42 @@ class AuditLog:
             if progress is not None:
                 progress(done, total)
         return verifier.finish()
+
+    async def _verify_parallel(
+        self,
+        verifier: ChainVerifier,
+        head: int,
+        total: int,
+        workers: int,
+        progress: Progress | None,
+    ) -> None:
+        assert self.url is not None
+        size = max(MIN_SEGMENT, -(-head // (workers * 4)))  # a few per worker: progress
+        ranges = [(lo, min(head, lo + size - 1)) for lo in range(1, head + 1, size)]
+        loop = asyncio.get_running_loop()
+        done = 0
+        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+        try:
+            futures = [
+                loop.run_in_executor(
+                    pool,
+                    _verify_segment,
+                    self.url,
+                    lo,
+                    hi,
+                    {s: h for s, h in verifier.heads.items() if lo <= s <= hi},
+                    verifier.last_checkpoint_before(lo),
+                )
+                for lo, hi in ranges
+            ]
+            for fut in futures:
+                seg = await fut
+                verifier.absorb(seg)
+                done += seg.entries
+                if progress is not None:
+                    progress(done, total)
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
 
     async def export(
         self,
@@ -570,6 +646,26 @@ async def _prefetched(chunks: AsyncIterator[T]) -> AsyncIterator[T]:
                 await pending
 
 
+def _verify_segment(
+    url: str, lo: int, hi: int, heads: dict[int, list[str]], prev_cp_seq: int
+) -> Segment:
+    """Worker process: verify entries ``lo..hi`` on a connection of its own."""
+    return asyncio.run(_verify_segment_async(url, lo, hi, heads, prev_cp_seq))
+
+
+async def _verify_segment_async(
+    url: str, lo: int, hi: int, heads: dict[int, list[str]], prev_cp_seq: int
+) -> Segment:
+    store = await open_store(url, create=False, migrate=False)
+    try:
+        verifier = ChainVerifier.for_segment(heads, prev_cp_seq)
+        async for rows in _prefetched(store.iter_rows(lo, hi, CHUNK)):
+            verifier.feed(rows)
+        return verifier.segment()
+    finally:
+        await store.close()
+
+
 def _prepare_export_dir(out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     if any(out_dir.iterdir()):
@@ -610,6 +706,19 @@ def check_signature(cert: x509.Certificate, signature: bytes, data: bytes) -> bo
     return True
 
 
+@dataclass(frozen=True, slots=True)
+class Segment:
+    """The outcome of verifying one seq range in a worker process."""
+
+    entries: int
+    first_seq: int
+    first_prev: str
+    last_seq: int
+    last_hash: str
+    problems: tuple[Problem, ...]
+    problem_count: int
+
+
 class ChainVerifier:
     """Checks rows fed in seq order against the chain and the checkpoints.
 
@@ -645,13 +754,71 @@ class ChainVerifier:
             self._notes.append(
                 "checkpoint certificates were not compared with a trusted certificate"
             )
-        self._cps: dict[int, list[Checkpoint]] = {}
+        self._first_prev = ""
+        #: seq -> head hashes that valid checkpoints signed for it
+        self.heads: dict[int, list[str]] = {}
         self._cp_total = 0
         for cp in checkpoints:
             self._cp_total += 1
             if self._check_checkpoint(cp, trusted):
-                self._cps.setdefault(cp.seq, []).append(cp)
-        self._valid_cp_seqs = sorted(self._cps)
+                self.heads.setdefault(cp.seq, []).append(cp.head_hash)
+        self._valid_cp_seqs = sorted(self.heads)
+
+    @classmethod
+    def for_segment(cls, heads: Mapping[int, list[str]], prev_cp_seq: int) -> ChainVerifier:
+        """A verifier for one seq range of a larger run (see ``absorb``), checkpoints checked."""
+        self = cls((), trusted_certs=(), anchored=False)
+        self.heads = dict(heads)
+        self._valid_cp_seqs = sorted(heads)
+        self._prev_cp_seq = prev_cp_seq
+        return self
+
+    def last_checkpoint_before(self, seq: int) -> int:
+        """The seq of the last valid checkpoint below ``seq`` (0 if none)."""
+        below = [s for s in self._valid_cp_seqs if s < seq]
+        return below[-1] if below else 0
+
+    def segment(self) -> Segment:
+        """What ``absorb`` needs from this (segment) verifier."""
+        return Segment(
+            entries=self._entries,
+            first_seq=self._first_seq,
+            first_prev=self._first_prev,
+            last_seq=self._last_seq,
+            last_hash=self._prev,
+            problems=tuple(self._problems),
+            problem_count=self._count,
+        )
+
+    def absorb(self, seg: Segment) -> None:
+        """Continue this run with a segment verified elsewhere (the next seq range)."""
+        if seg.entries == 0:
+            return
+        if self._entries == 0:
+            self._first_seq = seg.first_seq
+        if self._expected != 0 and seg.first_seq != self._expected:
+            self._problem(
+                self._expected,
+                "missing",
+                f"entries {self._expected}..{seg.first_seq - 1} are missing"
+                if seg.first_seq - 1 > self._expected
+                else f"entry {self._expected} is missing",
+            )
+        elif self._expected != 0 and seg.first_prev != self._prev:
+            self._problem(
+                seg.first_seq,
+                "prev_hash",
+                f"prev_hash is not the hash of entry {seg.first_seq - 1} (this entry or the "
+                "one before it was altered, or entries were swapped)",
+            )
+        for p in seg.problems:
+            self._problem(p.seq, p.kind, p.message)
+        self._count += seg.problem_count - len(seg.problems)
+        self._entries += seg.entries
+        self._expected = seg.last_seq + 1
+        self._prev = seg.last_hash
+        self._last_seq = seg.last_seq
+        self._computed = seg.last_hash
 
     def _problem(self, seq: int, kind: str, message: str) -> None:
         self._count += 1
@@ -693,13 +860,13 @@ class ChainVerifier:
             return
         if self._expected == 0:  # unanchored start: the first prev_hash is taken as given
             self._expected = rows[0][0]
-            self._prev = rows[0][17]
+            self._prev = self._first_prev = rows[0][17]
         if self._entries == 0:
             self._first_seq = rows[0][0]
         self._entries += len(rows)
         expected = self._expected
         prev = self._prev
-        cps = self._cps
+        cps = self.heads
         sha256 = hashlib.sha256
         canonical = canonical_entry
         for row in rows:
@@ -739,8 +906,8 @@ class ChainVerifier:
             )
         elif computed != row[18]:
             self._problem(seq, "hash", "content does not match its hash (entry altered)")
-        for cp in self._cps.get(seq, ()):
-            if computed != cp.head_hash:
+        for head in self.heads.get(seq, ()):
+            if computed != head:
                 lo = self._prev_cp_seq + 1
                 self._problem(
                     lo,
@@ -748,7 +915,7 @@ class ChainVerifier:
                     f"entries {lo}..{seq} differ from what the checkpoint at seq {seq} "
                     "signed (altered and re-chained)",
                 )
-        if seq in self._cps:
+        if seq in self.heads:
             self._prev_cp_seq = seq
 
     def finish(self) -> VerifyReport:

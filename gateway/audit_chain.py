@@ -218,7 +218,7 @@ def canonical_entry(
     once per entry; ``test_audit`` checks it equals ``canonical_json`` of the object.
     """
     e = _encode_str
-    N = "null"  # noqa: N806 - a short name keeps the template readable
+    N = "null"
     return (
         f'{{"actor":{N if actor is None else e(actor)}'
         f',"agreement":{N if agreement is None else e(agreement)}'

@@ -178,12 +178,14 @@ class SqliteStore:
         self.path = path
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-sqlite-w")
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-sqlite-r")
+        self._migrate = True
         self._wconn: sqlite3.Connection | None = None
         self._rconn: sqlite3.Connection | None = None
 
     @classmethod
-    async def open(cls, path: Path, *, create: bool = True) -> SqliteStore:
+    async def open(cls, path: Path, *, create: bool = True, migrate: bool = True) -> SqliteStore:
         store = cls(path)
+        store._migrate = migrate
         if not create and not await store._in(store._reader, path.exists):
             await store.close()
             raise AuditError(f"{path}: audit database does not exist", code="AUDIT_NOT_FOUND")
@@ -209,6 +211,8 @@ class SqliteStore:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
         self._wconn = conn
+        if not self._migrate:
+            return
         conn.execute("BEGIN IMMEDIATE")
         try:
             conn.execute(
@@ -489,8 +493,9 @@ class PostgresStore:
         self._url = url
 
     @classmethod
-    async def open(cls, url: str) -> PostgresStore:
-        import asyncpg  # type: ignore[import-untyped]  # here: SQLite-only sites need not install it
+    async def open(cls, url: str, *, migrate: bool = True) -> PostgresStore:
+        # imported here: a SQLite-only installation need not have asyncpg
+        import asyncpg  # type: ignore[import-untyped, unused-ignore]
 
         try:
             pool = await asyncpg.create_pool(url, min_size=1, max_size=4)
@@ -499,6 +504,8 @@ class PostgresStore:
                 f"cannot connect to PostgreSQL for the audit log: {exc}", code="AUDIT_UNAVAILABLE"
             ) from exc
         store = cls(pool, url)
+        if not migrate:
+            return store
         try:
             await store._migrate()
         except BaseException:
@@ -530,7 +537,7 @@ class PostgresStore:
                 log.info("audit_schema_migrated", backend="postgresql", version=version)
 
     async def _run(self, fn: Callable[[Any], Any]) -> Any:
-        import asyncpg
+        import asyncpg  # type: ignore[import-untyped, unused-ignore]
 
         try:
             async with self._pool.acquire() as con:
@@ -614,7 +621,7 @@ class PostgresStore:
     async def iter_rows(
         self, from_seq: int, to_seq: int, chunk: int
     ) -> AsyncIterator[list[tuple[Any, ...]]]:
-        import asyncpg
+        import asyncpg  # type: ignore[import-untyped, unused-ignore]
 
         try:
             async with self._pool.acquire() as con, con.transaction(readonly=True):
@@ -708,8 +715,11 @@ async def _pg_head(con: Any) -> tuple[int, str]:
     return (0, GENESIS) if row is None else (int(row[0]), str(row[1]))
 
 
-async def open_store(url: str, *, create: bool = True) -> Store:
-    """The store a URL names: ``postgresql://…`` or ``sqlite:///path`` / a plain path."""
+async def open_store(url: str, *, create: bool = True, migrate: bool = True) -> Store:
+    """The store a URL names: ``postgresql://…`` or ``sqlite:///path`` / a plain path.
+
+    ``migrate=False`` is for read-only helpers (verify workers): no schema check, no lock.
+    """
     if url.startswith(("postgresql://", "postgres://")):
-        return await PostgresStore.open(url)
-    return await SqliteStore.open(sqlite_path(url), create=create)
+        return await PostgresStore.open(url, migrate=migrate)
+    return await SqliteStore.open(sqlite_path(url), create=create, migrate=migrate)

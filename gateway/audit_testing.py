@@ -94,7 +94,7 @@ def services_required() -> bool:
 
 async def pg_reachable(url: str = PG_ADMIN_URL) -> str | None:
     """None when PostgreSQL answers at ``url``, else the reason it does not."""
-    import asyncpg  # type: ignore[import-untyped]
+    import asyncpg  # type: ignore[import-untyped, unused-ignore]
 
     try:
         con = await asyncpg.connect(url, timeout=3)
@@ -111,7 +111,7 @@ def _with_db(url: str, db: str) -> str:
 
 async def create_scratch_db(admin_url: str = PG_ADMIN_URL) -> str:
     """Create an empty database; returns its URL."""
-    import asyncpg
+    import asyncpg  # type: ignore[import-untyped, unused-ignore]
 
     name = f"maagw_audit_{uuid.uuid4().hex[:12]}"
     con = await asyncpg.connect(admin_url)
@@ -124,7 +124,7 @@ async def create_scratch_db(admin_url: str = PG_ADMIN_URL) -> str:
 
 async def drop_scratch_db(url: str, admin_url: str = PG_ADMIN_URL) -> None:
     """Drop a database ``create_scratch_db`` made (closing other sessions on it)."""
-    import asyncpg
+    import asyncpg  # type: ignore[import-untyped, unused-ignore]
 
     name = urlsplit(url).path.lstrip("/")
     con = await asyncpg.connect(admin_url)
@@ -136,7 +136,7 @@ async def drop_scratch_db(url: str, admin_url: str = PG_ADMIN_URL) -> None:
 
 async def reset_audit_tables(url: str) -> None:
     """Remove the audit schema so the next open starts from an empty log."""
-    import asyncpg
+    import asyncpg  # type: ignore[import-untyped, unused-ignore]
 
     con = await asyncpg.connect(url)
     try:

@@ -20,6 +20,7 @@ from gateway.cli_agreements import agreements
 from gateway.cli_audit import audit
 from gateway.cli_certs import certs
 from gateway.cli_common import config_option, one_line_errors, settings_from
+from gateway.cli_dead import dead
 from gateway.cli_envelope import envelope
 from gateway.cli_translate import translate_command
 from gateway.errors import ConfigError, GatewayError, RelayError
@@ -65,6 +66,28 @@ def config_check(config_path: Path | None) -> None:
         f"{len(settings.partners)} partner(s): {', '.join(sorted(settings.partners)) or '-'}; "
         f"{len(settings.agreements)} agreement(s): {', '.join(sorted(settings.agreements)) or '-'}"
     )
+
+
+@config_group.command("topology")
+@config_option
+@click.option("--out", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Write here instead of standard output.")
+@click.option("--no-prefix", is_flag=True, help="Names without this gateway's broker prefix.")
+@one_line_errors
+def config_topology(config_path: Path | None, out: Path | None, no_prefix: bool) -> None:
+    """The broker topology as a RabbitMQ definitions file (rabbitmqctl import_definitions)."""
+    import json
+
+    from gateway.relay import Names, topology
+
+    settings = settings_from(config_path)
+    names = Names("" if no_prefix else settings.broker.prefix)
+    text = json.dumps(topology(names, settings.partners), indent=2) + "\n"
+    if out is None:
+        click.echo(text, nl=False)
+    else:
+        out.write_text(text)
+        click.echo(f"wrote {out}")
 
 
 @main.command()
@@ -165,7 +188,7 @@ def demo(ctx: click.Context, state_dir: Path | None, broker_url: str) -> None:
     sys.exit(0 if ok else 1)
 
 
-for group in (certs, envelope, agreements, audit, translate_command):
+for group in (certs, envelope, agreements, audit, translate_command, dead):
     main.add_command(group)
 
 

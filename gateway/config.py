@@ -45,6 +45,8 @@ class GatewaySection(_Model):
     id: str = Field(pattern=r"^[A-Z]{2}[A-Z0-9-]{0,14}$")
     name: str = ""
     state_dir: Path = Path("state")
+    #: build every adapter's schemas at start (an NCTS XSD 1.1 takes over a second)
+    preload_schemas: bool = True
 
 
 class ListenSection(_Model):
@@ -149,6 +151,7 @@ class Settings(_Model):
     gateway_id: str
     name: str
     state_dir: Path
+    preload_schemas: bool
     partner_api: ListenSection
     admin: AdminSection
     tls: TlsSection
@@ -194,6 +197,7 @@ def load_settings(path: Path | str | None = None, *, env: Mapping[str, str] | No
         gateway_id=main.gateway.id,
         name=main.gateway.name or main.gateway.id,
         state_dir=state_dir,
+        preload_schemas=main.gateway.preload_schemas,
         partner_api=main.partner_api,
         admin=main.admin.model_copy(
             update={"token_file": _resolve(base, main.admin.token_file)}

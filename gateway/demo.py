@@ -98,6 +98,8 @@ def provision(
             f'id = "{gid}"',
             f'name = "Customs administration {gid}"',
             'state_dir = "state"',
+            # built on first use instead: the demo and the tests start many gateways
+            "preload_schemas = false",
             "",
             "[partner_api]",
             'host = "127.0.0.1"',
@@ -125,10 +127,9 @@ def provision(
             "[audit]",
             'url = "audit.db"',
             "",
-            "[delivery]",
-            "backoff_initial = 1.0",
-            "",
         ]
+        if "delivery" not in (extra or {}):
+            lines += ["[delivery]", "backoff_initial = 1.0", ""]
         for section, body in (extra or {}).items():
             lines += [f"[{section}]", body, ""]
         config = base / "gateway.toml"

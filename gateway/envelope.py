@@ -166,6 +166,9 @@ def parse_envelope(root: etree._Element) -> Envelope:
         # a copy without the envelope's namespace declarations that are in scope but unused
         element = copy.deepcopy(children[0])
         etree.cleanup_namespaces(element)
+        # Comments and PIs are outside what exc-c14n signs; removing them joins the text
+        # around them, so an adapter reading ``.text`` reads the whole signed text.
+        etree.strip_tags(element, etree.Comment, etree.ProcessingInstruction)
         payload = etree.tostring(element, encoding="UTF-8", xml_declaration=False)
     else:
         try:

@@ -18,6 +18,7 @@ released: the sender keeps the message and tries again.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import time
 from dataclasses import dataclass
@@ -54,6 +55,11 @@ from gateway.tls import peer_der
 log = structlog.get_logger(__name__)
 
 REPLY_TYPES = frozenset({"maa.reply", "maa.refusal"})
+EMPTY_DIGEST = "sha256:" + hashlib.sha256(b"").hexdigest()
+#: what a 503 asks the sender to wait before it tries again
+RETRY_AFTER_SECONDS = 5.0
+#: bytes read from the body at a time
+READ_CHUNK = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,10 +102,12 @@ class InboundPipeline:
             )
             self._check_header(partner, env)
             return await self._accept(partner, env, verified.root, digest)
-        except (EnvelopeError, SignatureError, AuthError, PolicyViolation) as exc:
+        except (EnvelopeError, SignatureError, AuthError, PolicyViolation, AdapterError) as exc:
             return await self.refuse(partner, message_id, digest, env, exc)
-        except AdapterError as exc:
-            return await self.refuse(partner, message_id, digest, env, exc)
+        except GatewayError as exc:
+            # the gateway's own state (store, audit, broker) failed: the sender retries
+            log.warning("inbound_unavailable", code=exc.code, reason=exc.reason)
+            return Outcome(503, None, retry_after=RETRY_AFTER_SECONDS)
 
     def _check_header(self, partner: str, env: Envelope) -> None:
         head = env.header
@@ -125,6 +133,12 @@ class InboundPipeline:
         rt = self.rt
         head = env.header
         claim = await rt.store.claim(partner, head.message_id, digest, stale_after=60.0)
+        if claim.outcome != "claimed" and claim.digest != digest:
+            raise EnvelopeError(
+                f"message id {head.message_id} was already used for a different envelope "
+                f"({claim.digest})",
+                code="ENVELOPE_ID_REUSED",
+            )
         if claim.outcome == "published":
             entry = ReceiptEntry(
                 head.message_id, digest, "duplicate", code="DUPLICATE",
@@ -134,7 +148,7 @@ class InboundPipeline:
             return Outcome(200, entry, events=(self._audit(
                 env, digest, "duplicate", "ok", "DUPLICATE", "already received and published"),))
         if claim.outcome == "in_flight":
-            return Outcome(503, None, retry_after=5.0)
+            return Outcome(503, None, retry_after=RETRY_AFTER_SECONDS)
         try:
             return await self._publish(partner, env, root, digest)
         except BaseException:
@@ -156,32 +170,35 @@ class InboundPipeline:
             answers = bool(head.correlation_id) and await rt.store.knows_request(
                 head.agreement, rt.gateway_id, head.correlation_id or ""
             )
-        wait = rt.limiter.check(agreement, partner, rt.gateway_id, time.monotonic()) if agreement else 0.0
-        decision = evaluate(
-            agreement,
-            PolicyRequest(
-                direction="inbound",
-                sender=head.sender,
-                receiver=head.receiver,
-                message_type=head.message_type,
-                categories=exchange.categories(document),
-                declared_categories=frozenset(head.categories),
-                size=len(env.payload),
-                payload_format=head.payload_format,
-                at=datetime.now(UTC),
-                purpose=_str(document.body.get("purpose")),
-                legal_basis=_str(document.body.get("legalBasis")),
-                answers_known_request=answers,
-                rate_ok=wait <= 0,
-            ),
+        request = PolicyRequest(
+            direction="inbound",
+            sender=head.sender,
+            receiver=head.receiver,
+            message_type=head.message_type,
+            categories=exchange.categories(document),
+            declared_categories=frozenset(head.categories),
+            size=len(env.payload),
+            payload_format=head.payload_format,
+            at=datetime.now(UTC),
+            purpose=_str(document.body.get("purpose")),
+            legal_basis=_str(document.body.get("legalBasis")),
+            answers_known_request=answers,
         )
+        decision = evaluate(agreement, request)
+        if decision.allowed and agreement is not None:
+            # only a message the agreement allows takes a token: refusals cost no allowance
+            wait = rt.limiter.check(agreement, partner, rt.gateway_id, time.monotonic())
+            if wait > 0:
+                decision = evaluate(
+                    agreement, dataclasses.replace(request, rate_ok=False, retry_after=wait)
+                )
         decided = self._audit(env, digest, "policy_decision", "allow" if decision.allowed else "deny",
                               decision.code, decision.reason, rule=decision.rule)
         if not decision.allowed:
             await rt.record(decided)
             if decision.code == "POLICY_RATE":
                 await rt.store.release(partner, head.message_id)
-                return Outcome(429, None, retry_after=max(1.0, decision.retry_after or wait))
+                return Outcome(429, None, retry_after=max(1.0, decision.retry_after or 1.0))
             raise PolicyViolation(decision.reason, code=decision.code)
         target = adapters.get(rt.settings.back_office.inbound_format)
         translated = target.encode(document)
@@ -204,7 +221,7 @@ class InboundPipeline:
         except RelayError as exc:
             log.warning("relay_unavailable", code=exc.code, reason=exc.reason)
             await rt.store.release(partner, head.message_id)
-            return Outcome(503, None, retry_after=5.0)
+            return Outcome(503, None, retry_after=RETRY_AFTER_SECONDS)
         if head.message_type == "maa.request":
             await rt.store.remember_request(head.agreement, partner, head.message_id)
         entry = ReceiptEntry(head.message_id, digest, "accepted")
@@ -329,16 +346,42 @@ async def handle_messages(request: web.Request) -> web.Response:
         raise web.HTTPForbidden() from None
     structlog.contextvars.bind_contextvars(partner=partner)
     limit = rt.settings.partner_api.max_body_bytes
-    if request.content_length is not None and request.content_length > limit:
+    body = await read_body(request, limit)
+    if body is None:
         outcome = await pipeline.refuse(
-            partner, "-", "sha256:" + hashlib.sha256(b"").hexdigest(), None,
-            EnvelopeError(f"body of {request.content_length} bytes exceeds {limit}",
-                          code="SIZE_LIMIT"),
+            partner, "-", EMPTY_DIGEST, None,
+            EnvelopeError(
+                f"body of {request.content_length or 'more than ' + str(limit)} bytes "
+                f"exceeds the limit of {limit} bytes",
+                code="SIZE_LIMIT",
+            ),
         )
-        return await pipeline.answer(partner, outcome)
-    body = await request.read()
+        response = await pipeline.answer(partner, outcome)
+        # the rest of the body is not read: close the connection after this answer
+        response.force_close()
+        return response
     outcome = await pipeline.process(partner, body)
     return await pipeline.answer(partner, outcome)
+
+
+async def read_body(request: web.BaseRequest, limit: int) -> bytes | None:
+    """The request body, or None as soon as it is known to exceed ``limit`` bytes.
+
+    A declared ``Content-Length`` over the limit is refused before a byte of the
+    body is read; a chunked body is read piecewise and refused once it passes the
+    limit, so at most ``limit`` bytes are ever held. (aiohttp's ``client_max_size``
+    applies only to ``request.read()``, which is not used here.)
+    """
+    if request.content_length is not None and request.content_length > limit:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_chunked(READ_CHUNK):
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 RUNTIME = web.AppKey("runtime", Runtime)

@@ -69,6 +69,11 @@ CREATE TABLE IF NOT EXISTS requests (
 
 ClaimResult = Literal["claimed", "published", "in_flight"]
 
+#: claim states: 'claimed' (publishing now), 'published' (confirmed), 'uncertain' (a publish
+#: whose confirm never came: the broker may hold it, so a re-publish is marked as a possible
+#: duplicate)
+
+
 
 class StoreError(GatewayError):
     """The state store could not be read or written."""
@@ -83,6 +88,8 @@ class Claim:
     outcome: ClaimResult
     digest: str
     receipt_id: str | None
+    #: an earlier publish of this id may have reached the broker: mark the re-publish
+    possible_duplicate: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,12 +197,14 @@ class Store:
                 "WHERE sender = ? AND message_id = ?",
                 (sender, message_id),
             ).fetchone()
-            if row is None or (row[1] == "claimed" and now - row[3] > stale_after):
+            stale = row is not None and row[1] == "claimed" and now - row[3] > stale_after
+            if row is None or stale or row[1] == "uncertain":
                 db.execute(
                     "INSERT OR REPLACE INTO claims VALUES (?, ?, ?, 'claimed', NULL, ?)",
                     (sender, message_id, digest, now),
                 )
-                return Claim("claimed", digest, None)
+                # a stale claim is a crash between publish and its record: it may be out there
+                return Claim("claimed", digest, None, possible_duplicate=row is not None)
             if row[1] == "published":
                 return Claim("published", str(row[0]), row[2])
             return Claim("in_flight", str(row[0]), None)
@@ -212,15 +221,18 @@ class Store:
             ),
         )
 
-    async def release(self, sender: str, message_id: str) -> None:
-        """Give up a claim whose publish failed, so the sender's retry is not a duplicate."""
-        await self._run(
-            self._tx,
-            lambda db: db.execute(
-                "DELETE FROM claims WHERE sender = ? AND message_id = ? AND state = 'claimed'",
-                (sender, message_id),
-            ),
-        )
+    async def release(self, sender: str, message_id: str, *, uncertain: bool = False) -> None:
+        """Give up a claim whose publish failed, so the sender's retry is not a duplicate.
+
+        ``uncertain``: the publish was sent but not confirmed; the broker may have it,
+        so the next claim is told to mark its publish as a possible duplicate.
+        """
+        if uncertain:
+            sql = ("UPDATE claims SET state = 'uncertain' "
+                   "WHERE sender = ? AND message_id = ? AND state = 'claimed'")
+        else:
+            sql = "DELETE FROM claims WHERE sender = ? AND message_id = ? AND state = 'claimed'"
+        await self._run(self._tx, lambda db: db.execute(sql, (sender, message_id)))
 
     async def expire_claims(self, older_than: float) -> int:
         """Forget published claims older than the retention (seconds since the epoch)."""

@@ -146,3 +146,47 @@ def provision_pair(root: Path, *, tag: str = "t") -> dict[str, Settings]:
     prov = provision(root, RABBITMQ_URL, prefixes={"XA": base + "xa.", "XB": base + "xb."},
                      extra={})
     return {gid: load_settings(p.config) for gid, p in prov.items()}
+
+
+def start_gateway_process(config: Path, log_path: Path) -> Any:
+    """Run ``maagw serve --config`` as a child process; returns the Popen once it is up."""
+    import subprocess
+    import sys
+    import urllib.request
+
+    settings = load_settings(config)
+    log = log_path.open("ab")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "--log-format", "json", "serve", "--config", str(config)],
+        stdout=log, stderr=subprocess.STDOUT,
+    )
+    url = f"http://{settings.admin.host}:{settings.admin.port}/healthz"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"gateway exited with {proc.returncode}; see {log_path}")
+        try:
+            with urllib.request.urlopen(url, timeout=1):  # noqa: S310 - loopback URL we built
+                return proc
+        except OSError:
+            time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError(f"gateway did not come up in 30 s; see {log_path}")
+
+
+def close_broker_connections(name_contains: str) -> int:
+    """Force-close the broker connections whose client name contains ``name_contains``."""
+    import subprocess
+
+    out = subprocess.run(
+        ["rabbitmqctl", "-q", "list_connections", "pid", "client_properties"],
+        capture_output=True, text=True, check=True, timeout=30,
+    ).stdout
+    closed = 0
+    for line in out.splitlines():
+        if name_contains in line:
+            pid = line.split("\t", 1)[0]
+            subprocess.run(["rabbitmqctl", "-q", "close_connection", pid, "test fault injection"],
+                           capture_output=True, check=False, timeout=30)
+            closed += 1
+    return closed

@@ -2,10 +2,21 @@
 
 Python's ssl module has one trust store per context and no verification
 callback, so the server context trusts the union of all partners' CAs and the
-per-partner binding is checked right after the handshake by ``TrustStore.identify``:
-the certificate must be issued directly by *that* partner's CA, be within its
-validity, match the partner's SPKI pins when it has any, and not be revoked by
-the partner's CRL. The identity of a partner comes from here and nothing else.
+per-partner binding is checked right after the handshake by
+``TrustStore.authenticate``: the certificate must be issued directly by *that*
+partner's CA, be within its validity (and the CA within its own), match the
+partner's SPKI pins when it has any, and not be revoked by the partner's CRL.
+The identity of a partner comes from here and nothing else.
+
+The server context leaves the validity window to that check
+(``X509_V_FLAG_NO_CHECK_TIME``) so that an expired or not-yet-valid partner
+certificate is refused by the gateway, audited with its reason and the peer's
+address, rather than silently inside the TLS library.
+
+A ``TrustStore`` is immutable; a reload builds a new one and swaps it in. The
+identities of connections kept open across a reload are *carried* into the new
+store: ``identify`` (asked on every request) honours them, ``authenticate``
+(asked for every new connection) never does.
 """
 
 from __future__ import annotations
@@ -19,6 +30,7 @@ from pathlib import Path
 
 import structlog
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from gateway.certs import load_certs, load_crl, spki_pin
@@ -33,6 +45,13 @@ TLS12_CIPHERS = (
     "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:"
     "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256"
 )
+
+#: OpenSSL's X509_V_FLAG_NO_CHECK_TIME: validity is checked by ``check_certificate`` instead
+VERIFY_NO_CHECK_TIME = 0x200000
+
+_FAR_FUTURE = datetime.max.replace(tzinfo=UTC)
+#: (partner, nextUpdate) of stale CRLs already warned about, so that "warn" warns once
+_warned_stale: set[tuple[str, datetime]] = set()
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,62 +70,132 @@ class PartnerTrust:
 class TrustStore:
     """Every partner's CAs, pins, signing certificates and CRL; immutable once built.
 
-    Reload builds a new store and swaps it in; connections keep the store they
-    were authenticated with until the reload decides to close them.
+    Reload builds a new store and swaps it in; ``carried`` maps the client
+    certificates (DER) of connections kept open across the reload to the
+    partner they were authenticated as.
     """
 
-    def __init__(self, partners: Mapping[str, Partner]) -> None:
+    def __init__(
+        self, partners: Mapping[str, Partner], *, carried: Mapping[bytes, str] | None = None
+    ) -> None:
         self.partners: dict[str, PartnerTrust] = {
             pid: _load_partner(p) for pid, p in partners.items()
         }
-        self._memo: dict[bytes, str] = {}
+        self._memo: dict[bytes, tuple[str, datetime]] = {}
+        self._carried: dict[bytes, tuple[str, datetime]] = {}
+        for der, partner in (carried or {}).items():
+            if partner in self.partners:
+                cert = x509.load_der_x509_certificate(der)
+                self._carried[der] = (partner, cert.not_valid_after_utc)
 
     def identify(self, der: bytes | None, *, now: datetime | None = None) -> str:
-        """The partner id a client certificate belongs to, or ``AuthError``."""
+        """The partner an established connection's client certificate belongs to.
+
+        Honours identities carried over a reload; otherwise ``authenticate``.
+        """
+        if der and der in self._carried:
+            partner, not_after = self._carried[der]
+            if (now or datetime.now(UTC)) <= not_after:
+                return partner
+        return self.authenticate(der, now=now)
+
+    def authenticate(self, der: bytes | None, *, now: datetime | None = None) -> str:
+        """The partner a new connection's client certificate belongs to, or ``AuthError``."""
         if not der:
             raise AuthError("no client certificate", code="AUTH_NO_CERTIFICATE")
-        if now is None and der in self._memo:
-            return self._memo[der]
+        if now is None:
+            hit = self._memo.get(der)
+            if hit is not None and datetime.now(UTC) < hit[1]:
+                return hit[0]
         cert = x509.load_der_x509_certificate(der)
-        candidates = [t for t in self.partners.values() if _issued_by_any(cert, t.cas)]
+        candidates = [(t, ca) for t in self.partners.values() if (ca := _issuer(cert, t.cas))]
         if not candidates:
             raise AuthError(
                 f"certificate {_subject(cert)} is not issued by any partner's CA",
                 code="AUTH_UNKNOWN_ISSUER",
             )
         pin = spki_pin(cert)
-        pinned = [t for t in candidates if pin in t.pins]
-        unpinned = [t for t in candidates if not t.pins]
+        pinned = [c for c in candidates if pin in c[0].pins]
+        unpinned = [c for c in candidates if not c[0].pins]
         matches = pinned or unpinned
         if not matches:
             raise AuthError(
                 f"certificate {_subject(cert)} does not match the pins of partner "
-                f"{candidates[0].partner_id}",
+                f"{candidates[0][0].partner_id}",
                 code="AUTH_PIN_MISMATCH",
-                partner=candidates[0].partner_id,
+                partner=candidates[0][0].partner_id,
             )
         if len(matches) > 1:
             raise AuthError(
                 "certificate matches several partners; configure pins to tell them apart",
                 code="AUTH_AMBIGUOUS",
             )
-        trust = matches[0]
-        check_certificate(cert, trust, now=now)
+        trust, ca = matches[0]
+        moment = now or datetime.now(UTC)
+        _check_ca(ca, trust, moment)
+        check_certificate(cert, trust, now=moment)
         if now is None:
-            self._memo[der] = trust.partner_id
+            self._memo[der] = (trust.partner_id, _recheck_at(cert, ca, trust))
         return trust.partner_id
 
-    def signing_certs(self, partner_id: str) -> tuple[x509.Certificate, ...]:
-        """The pinned signing certificates of a partner (old and new during rotation)."""
-        return self.partners[partner_id].signing_certs
+    def closing_reason(
+        self, der: bytes | None, partner_id: str, *, now: datetime | None = None
+    ) -> AuthError | None:
+        """Why an established connection of ``partner_id`` must close under this store.
+
+        Only a removed partner or a revoked certificate closes a connection; a
+        changed CA or pins apply to new connections only.
+        """
+        trust = self.partners.get(partner_id)
+        if trust is None:
+            return AuthError(
+                f"partner {partner_id} was removed", code="AUTH_PARTNER_REMOVED", partner=partner_id
+            )
+        if not der:
+            return AuthError("no client certificate", code="AUTH_NO_CERTIFICATE")
+        cert = x509.load_der_x509_certificate(der)
+        if _revoked(cert, trust):
+            return AuthError(
+                f"certificate {_subject(cert)} serial {cert.serial_number:x} is revoked",
+                code="AUTH_REVOKED",
+                partner=partner_id,
+            )
+        return None
+
+    def signing_certs(
+        self, partner_id: str, *, now: datetime | None = None
+    ) -> tuple[x509.Certificate, ...]:
+        """The partner's pinned signing certificates that are neither revoked nor out of date.
+
+        Old and new are both returned during a rotation's overlap. When every
+        configured certificate is refused, the first refusal is raised
+        (``AUTH_REVOKED``, ``AUTH_EXPIRED``, ``AUTH_CRL_STALE`` …).
+        """
+        trust = self.partners[partner_id]
+        good: list[x509.Certificate] = []
+        refusal: AuthError | None = None
+        for cert in trust.signing_certs:
+            try:
+                check_certificate(cert, trust, now=now)
+            except AuthError as exc:
+                refusal = refusal or exc
+                continue
+            good.append(cert)
+        if not good and refusal is not None:
+            raise refusal
+        return tuple(good)
 
     def server_context(self, tls: TlsSection) -> ssl.SSLContext:
         """The partner listener's context: TLS >= 1.2, client certificate required."""
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         _harden(ctx)
         ctx.verify_mode = ssl.CERT_REQUIRED
+        # A partner's configured CA may be an intermediate; validity is checked after the
+        # handshake so that expired and not-yet-valid certificates are audited.
+        ctx.verify_flags = ctx.verify_flags | ssl.VERIFY_X509_PARTIAL_CHAIN | VERIFY_NO_CHECK_TIME
         # Clients of this API never resume sessions; tickets only cost a signature each.
         ctx.num_tickets = 0
+        ctx.options |= ssl.OP_NO_TICKET | ssl.OP_CIPHER_SERVER_PREFERENCE
         _load_chain(ctx, tls.server_cert, tls.server_key, tls.passphrase_env)
         cadata = b"".join(t.ca_pem for t in self.partners.values())
         if cadata:
@@ -139,7 +228,12 @@ class TrustStore:
 def check_certificate(
     cert: x509.Certificate, trust: PartnerTrust, *, now: datetime | None = None
 ) -> None:
-    """Validity window and revocation of a partner's certificate (TLS or signing)."""
+    """Validity window and revocation of a partner's certificate (TLS or signing).
+
+    The partner's CRL applies to certificates its CA issued; a CRL past its
+    nextUpdate refuses every certificate of that partner (``crl_stale =
+    "refuse"``, the default) or is only warned about (``"warn"``).
+    """
     now = now or datetime.now(UTC)
     if now < cert.not_valid_before_utc:
         raise AuthError(
@@ -164,8 +258,10 @@ def check_certificate(
                 code="AUTH_CRL_STALE",
                 partner=trust.partner_id,
             )
-        log.warning("crl_stale", partner=trust.partner_id, next_update=str(next_update))
-    if crl.get_revoked_certificate_by_serial_number(cert.serial_number) is not None:
+        if (trust.partner_id, next_update) not in _warned_stale:
+            _warned_stale.add((trust.partner_id, next_update))
+            log.warning("crl_stale", partner=trust.partner_id, next_update=str(next_update))
+    if _revoked(cert, trust):
         raise AuthError(
             f"certificate {_subject(cert)} serial {cert.serial_number:x} is revoked",
             code="AUTH_REVOKED",
@@ -180,16 +276,40 @@ def peer_der(ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> bytes | None:
     return ssl_object.getpeercert(binary_form=True)
 
 
-def _issued_by_any(cert: x509.Certificate, cas: tuple[x509.Certificate, ...]) -> bool:
+def _revoked(cert: x509.Certificate, trust: PartnerTrust) -> bool:
+    crl = trust.crl
+    if crl is None or crl.issuer != cert.issuer:
+        return False
+    return crl.get_revoked_certificate_by_serial_number(cert.serial_number) is not None
+
+
+def _check_ca(ca: x509.Certificate, trust: PartnerTrust, now: datetime) -> None:
+    if not ca.not_valid_before_utc <= now <= ca.not_valid_after_utc:
+        raise AuthError(
+            f"the CA {_subject(ca)} of {trust.partner_id} is outside its validity",
+            code="AUTH_CA_EXPIRED",
+            partner=trust.partner_id,
+        )
+
+
+def _recheck_at(cert: x509.Certificate, ca: x509.Certificate, trust: PartnerTrust) -> datetime:
+    """When a memoised identity must be checked again (expiry, stale CRL)."""
+    moments = [cert.not_valid_after_utc, ca.not_valid_after_utc]
+    if trust.crl is not None and trust.crl.next_update_utc is not None:
+        moments.append(trust.crl.next_update_utc)
+    return min(moments, default=_FAR_FUTURE)
+
+
+def _issuer(cert: x509.Certificate, cas: tuple[x509.Certificate, ...]) -> x509.Certificate | None:
     for ca in cas:
         if cert.issuer != ca.subject:
             continue
         try:
             cert.verify_directly_issued_by(ca)
-        except (ValueError, TypeError, x509.InvalidSignature):
+        except (ValueError, TypeError, InvalidSignature):
             continue
-        return True
-    return False
+        return ca
+    return None
 
 
 def _load_partner(partner: Partner) -> PartnerTrust:
@@ -198,9 +318,14 @@ def _load_partner(partner: Partner) -> PartnerTrust:
         signing = tuple(c for path in partner.signing_certs for c in load_certs(path))
         crl = load_crl(partner.crl) if partner.crl else None
     except GatewayError as exc:
-        raise ConfigError(f"partner {partner.id}: {exc.reason}") from None
+        raise ConfigError(f"partner {partner.id}: {exc.reason}", code=exc.code) from None
     if not cas:
         raise ConfigError(f"partner {partner.id}: {partner.ca}: no certificate in file")
+    if crl is not None and not any(_crl_signed_by(crl, ca) for ca in cas):
+        raise ConfigError(
+            f"partner {partner.id}: {partner.crl}: the CRL is not signed by the partner's CA",
+            code="CONFIG_CRL_ISSUER",
+        )
     return PartnerTrust(
         partner_id=partner.id,
         cas=cas,
@@ -210,6 +335,15 @@ def _load_partner(partner: Partner) -> PartnerTrust:
         crl_stale=partner.crl_stale,
         ca_pem=b"".join(c.public_bytes(Encoding.PEM) for c in cas),
     )
+
+
+def _crl_signed_by(crl: x509.CertificateRevocationList, ca: x509.Certificate) -> bool:
+    if crl.issuer != ca.subject:
+        return False
+    try:
+        return crl.is_signature_valid(ca.public_key())  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return False
 
 
 def _harden(ctx: ssl.SSLContext) -> None:

@@ -75,16 +75,28 @@ def test_suspended_trader_read(csv_adapter: AeoMraCsvAdapter) -> None:
         (lambda t: t.replace("2026-10-20", "2026-13-20"), "line 3 column suspension_date"),
         (lambda t: t.replace(",AEOS,", ",AEOX,"), "line 3 column aeo_type"),
         (lambda t: t.replace("XB,revoked", ",revoked"), "line 4"),
-        (lambda t: t.replace("full,2026-11-30,XB,XB444", "delta,2026-11-30,XB,XB444"),
-         "line 4 column list_kind"),
+        (
+            lambda t: t.replace("full,2026-11-30,XB,XB444", "delta,2026-11-30,XB,XB444"),
+            "line 4 column list_kind",
+        ),
         (lambda t: t.replace("2026-10-20", ""), "line 3"),
         (lambda t: t.replace(HEADER, HEADER.replace("city", "town")), "line 1"),
         (lambda t: t + "full,2026-11-30\r\n", "line 5"),
-        (lambda t: t.replace("full,2026-11-30,XB,XB1", "full,2026-11-30,xb,XB1"),
-         "line 3 column issuing_administration"),
+        (
+            lambda t: t.replace("full,2026-11-30,XB,XB1", "full,2026-11-30,xb,XB1"),
+            "line 3 column issuing_administration",
+        ),
     ],
-    ids=["bad-date", "bad-aeo-type", "missing-country", "mixed-list-kind",
-         "suspended-without-date", "bad-header", "short-row", "list-field-differs"],
+    ids=[
+        "bad-date",
+        "bad-aeo-type",
+        "missing-country",
+        "mixed-list-kind",
+        "suspended-without-date",
+        "bad-header",
+        "short-row",
+        "list-field-differs",
+    ],
 )
 def test_csv_errors_located_by_line_and_column(
     csv_adapter: AeoMraCsvAdapter, change: object, location: str

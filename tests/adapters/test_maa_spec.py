@@ -18,7 +18,7 @@ def test_shipped_schema_is_generated_from_the_spec(filename: str) -> None:
 
 
 def test_xsd_is_xsd_1_0_in_the_gateway_namespace() -> None:
-    """lxml (an XSD 1.0 processor) compiles the schema, whose target namespace is urn:maagw:maa:1."""
+    """lxml, an XSD 1.0 processor, compiles the schema; its namespace is urn:maagw:maa:1."""
     tree = etree.parse(str(spec.SCHEMA_DIR / "maa.xsd"))
     etree.XMLSchema(tree)
     assert tree.getroot().get("targetNamespace") == "urn:maagw:maa:1"
@@ -28,7 +28,9 @@ def test_ucr_carries_its_wco_id() -> None:
     """The UCR element is annotated with WCO data element 016."""
     tree = etree.parse(str(spec.SCHEMA_DIR / "maa.xsd"))
     xs = {"xs": "http://www.w3.org/2001/XMLSchema"}
-    docs = tree.xpath("//xs:element[@name='UCR']/xs:annotation/xs:documentation/text()", namespaces=xs)
+    docs = tree.xpath(
+        "//xs:element[@name='UCR']/xs:annotation/xs:documentation/text()", namespaces=xs
+    )
     assert docs and all("WCO data element 016" in d for d in docs)
 
 

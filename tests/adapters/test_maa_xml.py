@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -12,7 +13,7 @@ from lxml import etree
 import adapters
 from adapters import Adapter, Attachment, Document
 from adapters.maa_xml import MaaXmlAdapter, schema
-from adapters.testing import documents
+from adapters.testing import bodies, documents
 from gateway.errors import DecodeError, EncodeError
 
 EXAMPLES = Path(__file__).parents[2] / "examples"
@@ -63,10 +64,16 @@ def test_request_exposes_policy_keys(adapter: MaaXmlAdapter) -> None:
 @pytest.mark.parametrize(
     ("mutate", "code", "location"),
     [
-        (lambda x: x.replace(b"<MeasureCode>verification", b"<MeasureCode>spying"),
-         "TRANSLATE_SCHEMA", "line"),
-        (lambda x: x.replace(b"<BirthDate>1979-04-12", b"<BirthDate>1979-02-30"),
-         "TRANSLATE_SCHEMA", "line"),
+        (
+            lambda x: x.replace(b"<MeasureCode>verification", b"<MeasureCode>spying"),
+            "TRANSLATE_SCHEMA",
+            "line",
+        ),
+        (
+            lambda x: x.replace(b"<BirthDate>1979-04-12", b"<BirthDate>1979-02-30"),
+            "TRANSLATE_SCHEMA",
+            "line",
+        ),
         (lambda x: x.replace(b"</MaaRequest>", b""), "TRANSLATE_DECODE", "line"),
         (lambda x: x.replace(b"urn:maagw:maa:1", b"urn:other"), "TRANSLATE_SCHEMA", "line 2"),
     ],
@@ -85,9 +92,7 @@ def test_refusals_are_located(
 def test_schema_error_names_the_line_of_the_fault(adapter: MaaXmlAdapter) -> None:
     """The reported line is the line of the offending element."""
     data = request_xml()
-    line = next(
-        i for i, text in enumerate(data.splitlines(), 1) if b"<BirthDate>" in text
-    )
+    line = next(i for i, text in enumerate(data.splitlines(), 1) if b"<BirthDate>" in text)
     with pytest.raises(DecodeError) as info:
         adapter.decode(data.replace(b"1979-04-12", b"12/04/1979"))
     assert info.value.context["location"] == f"line {line}"
@@ -96,9 +101,11 @@ def test_schema_error_names_the_line_of_the_fault(adapter: MaaXmlAdapter) -> Non
 @pytest.mark.parametrize(
     "payload",
     [
-        b'<?xml version="1.0"?><!DOCTYPE r [<!ENTITY x "boom">]><MaaRequest xmlns="urn:maagw:maa:1">&x;</MaaRequest>',
+        b'<?xml version="1.0"?><!DOCTYPE r [<!ENTITY x "boom">]>'
+        b'<MaaRequest xmlns="urn:maagw:maa:1">&x;</MaaRequest>',
         b'<!DOCTYPE r SYSTEM "http://example.invalid/r.dtd"><MaaRequest xmlns="urn:maagw:maa:1"/>',
-        b'<!DOCTYPE r [<!ENTITY e SYSTEM "file:///etc/passwd">]><MaaRequest xmlns="urn:maagw:maa:1">&e;</MaaRequest>',
+        b'<!DOCTYPE r [<!ENTITY e SYSTEM "file:///etc/passwd">]>'
+        b'<MaaRequest xmlns="urn:maagw:maa:1">&e;</MaaRequest>',
     ],
     ids=["internal-entity", "external-dtd", "external-entity"],
 )
@@ -130,10 +137,14 @@ def test_encode_unknown_key_located(adapter: MaaXmlAdapter) -> None:
     ("change", "location"),
     [
         ({"urgency": "whenever"}, "$.urgency"),
-        ({"goods": [{"description": "tea"}, {"description": "x", "origin": "xx"}]},
-         "$.goods[1].origin"),
-        ({"requestingAuthority": {"name": "A", "country": "XA", "contact": {"name": ""}}},
-         "$.requestingAuthority.contact.name"),
+        (
+            {"goods": [{"description": "tea"}, {"description": "x", "origin": "xx"}]},
+            "$.goods[1].origin",
+        ),
+        (
+            {"requestingAuthority": {"name": "A", "country": "XA", "contact": {"name": ""}}},
+            "$.requestingAuthority.contact.name",
+        ),
     ],
 )
 def test_encode_invalid_value_refused(
@@ -160,8 +171,8 @@ def _reply_with(attachment: Attachment) -> bytes:
     ns = "{urn:maagw:maa:1}"
     supporting = root.find(f"{ns}SupportingDocument")
     assert supporting is not None
-    supporting.find(f"{ns}FormatCode").text = attachment.format  # type: ignore[union-attr]
-    supporting.find(f"{ns}Content").text = base64.b64encode(attachment.content).decode()  # type: ignore[union-attr]
+    supporting.find(f"{ns}FormatCode").text = attachment.format
+    supporting.find(f"{ns}Content").text = base64.b64encode(attachment.content).decode()
     return bytes(etree.tostring(root))
 
 
@@ -183,9 +194,7 @@ def test_reply_attachment_decoded_by_its_adapter(adapter: MaaXmlAdapter) -> None
     ],
     ids=["invalid-content", "unknown-format", "nested-maa"],
 )
-def test_bad_attachment_refused(
-    adapter: MaaXmlAdapter, attachment: Attachment, code: str
-) -> None:
+def test_bad_attachment_refused(adapter: MaaXmlAdapter, attachment: Attachment, code: str) -> None:
     """A supporting document its own adapter refuses makes the whole message refused."""
     with pytest.raises(DecodeError) as info:
         adapter.decode(_reply_with(attachment))
@@ -224,3 +233,15 @@ def test_round_trip_with_national_json(document: Document) -> None:
     as_json = json_.encode(xml.decode(xml.encode(document)))
     again = xml.decode(xml.encode(json_.decode(as_json)))
     assert again == document
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(bodies("maa.reply"), bodies("mra.aeo-status"))
+def test_round_trip_with_attachment(reply: dict[str, Any], aeo: dict[str, Any]) -> None:
+    """A reply carrying an AEO list survives maa-xml <-> national-json; its trader data counts."""
+    xml, json_ = adapters.get("maa-xml"), adapters.get("national-json")
+    content = adapters.get("aeo-mra-csv").encode(Document("mra.aeo-status", aeo))
+    document = Document("maa.reply", reply, (Attachment("aeo-mra-csv", "list.csv", content),))
+    again = xml.decode(xml.encode(json_.decode(json_.encode(document))))
+    assert again == document
+    assert "trader" in xml.categories(again)

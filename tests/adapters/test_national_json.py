@@ -65,8 +65,16 @@ def test_examples_translate_to_maa_xml(adapter: NationalJsonAdapter, message_typ
         (lambda d: d["transport"].update(route=[]), "$.transport.route"),
         (lambda d: d.update(messageType="maa.unknown"), "$.messageType"),
     ],
-    ids=["impossible-date", "date-format", "unknown-key", "missing-legal-basis", "bad-enum",
-         "string-for-number", "empty-list", "unknown-type"],
+    ids=[
+        "impossible-date",
+        "date-format",
+        "unknown-key",
+        "missing-legal-basis",
+        "bad-enum",
+        "string-for-number",
+        "empty-list",
+        "unknown-type",
+    ],
 )
 def test_schema_errors_located_by_json_path(
     adapter: NationalJsonAdapter, change: Any, location: str

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import jsonschema
 import pytest
@@ -22,8 +23,14 @@ TESTDATA = Path(__file__).parents[2].parent / "shared" / "testdata" / "ncts-p5"
 SAMPLES = TESTDATA / "samples"
 FIVE = tuple(m.lower() for m in MESSAGES)
 
-VALID_XML = ["cc007c-valid", "cc013c-valid", "cc014c-valid", "cc015c-valid", "cc015c-valid-2",
-             "cc044c-valid"]
+VALID_XML = [
+    "cc007c-valid",
+    "cc013c-valid",
+    "cc014c-valid",
+    "cc015c-valid",
+    "cc015c-valid-2",
+    "cc044c-valid",
+]
 INVALID_XML = sorted(
     {p.stem for p in SAMPLES.glob("*.xml") if "-invalid" in p.stem and p.stem[:6] in FIVE}
     | {"cc007c-tooManyNodes", "cc013c-valid-mrn", "cc007c-valid-xi"}
@@ -37,8 +44,13 @@ DATE_TIME_JSON = ["cc014c-invalid-date-time", "cc044c-invalid-date-time"]
 INVALID_JSON = sorted(
     {p.stem for p in SAMPLES.glob("*.json") if p.stem[:6] in {"cc007c", "cc013c", "cc015c"}}
     - {"cc007c-valid", "cc013c-valid", "cc015c-valid"}
-    | {"cc014c-invalid", "cc014c-invalid-message-sender", "cc044c-invalid",
-       "cc044c-invalid-message-sender", "invalid-with-extra-braces"}
+    | {
+        "cc014c-invalid",
+        "cc014c-invalid-message-sender",
+        "cc044c-invalid",
+        "cc044c-invalid-message-sender",
+        "invalid-with-extra-braces",
+    }
 )
 
 if not SAMPLES.is_dir():  # pragma: no cover - the shared test data is part of the workplace
@@ -95,7 +107,10 @@ def test_xml_json_xml_round_trip_is_equivalent(stem: str) -> None:
     as_json = json_adapter.encode(xml_adapter.decode(original))
     again = xml_adapter.encode(json_adapter.decode(as_json))
     schema = xml_schema(code_of(stem))
-    options = {"xmlns_processing": "none", "namespaces": {"ncts": "http://ncts.dgtaxud.ec"}}
+    options: dict[str, Any] = {
+        "xmlns_processing": "none",
+        "namespaces": {"ncts": "http://ncts.dgtaxud.ec"},
+    }
     assert schema.decode(again.decode(), **options) == schema.decode(original.decode(), **options)
 
 

@@ -19,6 +19,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gateway import audit as audit_module
 from gateway.audit import AuditEvent, AuditLog, SearchFilter, verify_bundle
 from gateway.audit_chain import (
     ENTRY_FIELDS,
@@ -82,7 +83,7 @@ class Raw:
         self.pg = url.startswith("postgresql://")
 
     async def _pg(self) -> Any:
-        import asyncpg
+        import asyncpg  # type: ignore[import-untyped, unused-ignore]
 
         return await asyncpg.connect(self.url)
 
@@ -312,6 +313,30 @@ async def test_failed_write_raises_and_leaves_no_hole(audit_url: str) -> None:
     assert (await verify(audit_url)).ok
 
 
+async def test_stopped_writer_fails_waiting_appends(audit_url: str) -> None:
+    """If the writer task dies, waiting and later appends raise AuditError instead of hanging."""
+    log = await AuditLog.open(audit_url, gateway_id="XA")
+    never = asyncio.Event()
+
+    async def hanging(*args: Any) -> tuple[int, str]:
+        await never.wait()
+        raise AssertionError("unreachable")
+
+    log._store.write_batch = hanging  # type: ignore[method-assign]
+    try:
+        waiting = asyncio.ensure_future(log.append(ev(1)))
+        await asyncio.sleep(0.01)
+        assert log._writer is not None
+        log._writer.cancel()
+        with pytest.raises(AuditError) as info:
+            await asyncio.wait_for(waiting, 5)
+        assert info.value.code == "AUDIT_WRITER_STOPPED"
+        with pytest.raises(AuditError):
+            await log.append(ev(2))
+    finally:
+        await log.close()
+
+
 async def test_append_after_close_is_refused(audit_url: str) -> None:
     """Appending to a closed log raises AuditError AUDIT_CLOSED rather than losing the entry."""
     log = await AuditLog.open(audit_url, gateway_id="XA")
@@ -398,6 +423,20 @@ async def test_untouched_log_verifies(audit_url: str, signer: EcSigner) -> None:
     report = await verify(audit_url, trusted_certs=[signer.cert])
     assert report.ok, report.lines()
     assert (report.entries, report.last_checkpoint_seq, report.unanchored) == (35, 35, 0)
+
+
+async def test_parallel_verify_reports_like_sequential(
+    audit_url: str, signer: EcSigner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Verify split over worker processes gives the same report as one sequential pass."""
+    monkeypatch.setattr(audit_module, "MIN_SEGMENT", 1)
+    await filled(audit_url, signer, n=40)
+    await filled(audit_url, None, n=3, chunk=3)
+    seen: list[int] = []
+    parallel = await verify(audit_url, workers=3, progress=lambda done, total: seen.append(done))
+    sequential = await verify(audit_url, workers=1)
+    assert parallel == sequential and parallel.ok
+    assert seen[-1] == 43 and len(seen) > 1
 
 
 async def test_verify_says_entries_after_last_checkpoint_are_chain_checked_only(
@@ -511,15 +550,26 @@ async def _replace_signed_head(raw: Raw) -> None:
         "signed-head",
     ],
 )
+@pytest.mark.parametrize("workers", [1, 3], ids=["sequential", "3-workers"])
 async def test_verify_names_first_bad_seq(
-    audit_url: str, signer: EcSigner, tamper: Any, first_bad: int, kind: str
+    audit_url: str,
+    signer: EcSigner,
+    tamper: Any,
+    first_bad: int,
+    kind: str,
+    workers: int,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Each kind of tampering is detected and verify names the first bad sequence number."""
+    """Each kind of tampering is detected and verify names the first bad sequence number.
+
+    With workers, segments of 3 entries put segment boundaries beside every tampered entry.
+    """
+    monkeypatch.setattr(audit_module, "MIN_SEGMENT", 1)
     await filled(audit_url, signer)
     raw = Raw(audit_url)
     await raw.unlock()
     await tamper(raw)
-    report = await verify(audit_url)
+    report = await verify(audit_url, workers=workers)
     assert not report.ok
     assert report.first_bad_seq == first_bad, report.lines()
     assert report.problems[0].kind == kind, report.lines()

@@ -1,0 +1,5 @@
+"""``python -m gateway`` is ``maagw``."""
+
+from gateway.cli import main
+
+main()
