@@ -68,10 +68,10 @@ async def fill(url: str, entries: int, signer: EcSigner) -> None:
     await log.close()
 
 
-async def verify(url: str) -> tuple[int, float]:
+async def verify(url: str, workers: int | None = None) -> tuple[int, float]:
     log = await AuditLog.open(url, gateway_id="XA", create=False)
     start = time.perf_counter()
-    report = await log.verify()
+    report = await log.verify(workers=workers)
     elapsed = time.perf_counter() - start
     await log.close()
     assert report.ok, report.lines()
@@ -103,8 +103,12 @@ async def backend(name: str, url: str, args: argparse.Namespace, work: Path) -> 
         f"{name}: filled to {entries:,} entries in {time.perf_counter() - start:.1f} s "
         "(append_many, 10,000 per transaction)"
     )
-    n, elapsed = await verify(url)
-    print(f"{name}: verify {n:,} entries in {elapsed:.2f} s = {n / elapsed:,.0f} entries/s")
+    for workers, label in ((1, "1 process"), (None, "default: worker processes")):
+        n, elapsed = await verify(url, workers)
+        print(
+            f"{name}: verify {n:,} entries in {elapsed:.2f} s = {n / elapsed:,.0f} entries/s "
+            f"({label})"
+        )
     out = work / f"bundle-{name}"
     n, elapsed = await export(url, out)
     size = (out / "entries.jsonl").stat().st_size

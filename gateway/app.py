@@ -1,26 +1,39 @@
 """Build and run one gateway: partner listener, admin listener, relay, consumers.
 
-The partner listener is an aiohttp application served through a connection gate:
-asyncio calls a protocol's ``connection_made`` only once the TLS handshake has
-completed, so the gate identifies the partner from the verified client
-certificate there and aborts the connection — before any HTTP byte is read or
-written — when it does not belong to a partner (wrong CA, pins, revoked,
-expired). Refusals are logged and audited with the peer address.
+The partner listener accepts plain TCP and runs the TLS handshake itself
+(``loop.start_tls``) through a connection gate, so that:
+
+- a handshake the TLS library refuses (no certificate, unknown issuer, an old
+  protocol, a timeout) is counted and logged with the peer's address — asyncio
+  would otherwise drop it silently;
+- each new connection uses the *current* server context, which a reload swaps;
+- once the handshake completes, the gate identifies the partner from the
+  verified client certificate and aborts the connection — before any HTTP
+  byte is read or written — when it does not belong to a partner (wrong CA,
+  pins, revoked, expired). Such refusals are logged and audited with the peer.
+
+Reload (SIGHUP, or ``POST /v1/reload`` on the admin listener) re-reads the
+configuration and trust material, swaps it in, and closes only the connections
+of removed partners and revoked certificates; see ``gateway.reload``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import socket
-from collections.abc import Callable
+import ssl
+from collections import Counter
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import structlog
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
-from gateway import tasks
+from gateway import admin, certs, tasks
 from gateway.audit import AuditEvent, AuditLog
 from gateway.config import Settings
 from gateway.delivery import PartnerClient
@@ -28,6 +41,7 @@ from gateway.errors import AuthError, GatewayError
 from gateway.inbound import PIPELINE, RUNTIME, InboundPipeline, handle_messages
 from gateway.outbound import OutboundPipeline
 from gateway.relay import Names, Relay
+from gateway.reload import Material, ReloadResult, closures, load_material, own_certificates
 from gateway.runtime import Runtime
 from gateway.signing import Signer
 from gateway.store import Store
@@ -37,45 +51,90 @@ log = structlog.get_logger(__name__)
 
 #: how long SIGTERM waits for in-flight deliveries before returning the rest to their queues
 SHUTDOWN_GRACE_SECONDS = 10.0
+#: a TLS handshake not finished in this time is dropped (and counted)
+HANDSHAKE_TIMEOUT_SECONDS = 10.0
+#: how often the expiry watch looks at the configured certificates
+EXPIRY_CHECK_SECONDS = 24 * 3600.0
 
 
 class _ConnectionGate(asyncio.Protocol):
-    """Wraps aiohttp's protocol; lets only authenticated partners reach it."""
+    """One partner connection: TLS handshake, then identity, then aiohttp's protocol."""
 
-    def __init__(self, inner: RequestHandler, gateway: Gateway) -> None:
-        self._inner: RequestHandler | None = inner
+    def __init__(self, gateway: Gateway) -> None:
         self._gateway = gateway
-        self._transport: asyncio.BaseTransport | None = None
+        self._inner: RequestHandler | None = None
+        self._transport: asyncio.Transport | None = None
+        self._peer = "-"
+        self._early: list[bytes] = []
+        self._lost = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        peer = transport.get_extra_info("peername")
+        # the plain TCP transport: stop it reading until the TLS layer takes over
+        assert isinstance(transport, asyncio.Transport)
+        transport.pause_reading()
+        self._peer = _address(transport.get_extra_info("peername"))
+        self._gateway._handshaking.add(transport)
+        tasks.spawn(self._handshake(transport), name="tls-handshake")
+
+    async def _handshake(self, raw: asyncio.Transport) -> None:
+        gw = self._gateway
         try:
-            partner = self._gateway.runtime.trust.identify(
+            tls = await asyncio.get_running_loop().start_tls(
+                raw,
+                self,
+                gw.server_context,
+                server_side=True,
+                ssl_handshake_timeout=HANDSHAKE_TIMEOUT_SECONDS,
+            )
+        except (TimeoutError, OSError) as exc:  # ssl.SSLError is an OSError
+            gw.handshake_failed(exc, self._peer)
+            return
+        finally:
+            gw._handshaking.discard(raw)
+        if tls is None or self._lost:
+            return
+        self._admit(tls)
+
+    def _admit(self, transport: asyncio.Transport) -> None:
+        gw = self._gateway
+        try:
+            partner = gw.runtime.trust.authenticate(
                 peer_der(transport.get_extra_info("ssl_object"))
             )
         except AuthError as exc:
-            self._inner = None
-            transport.abort()
-            self._gateway.auth_refused(exc, peer)
+            self._refuse(transport, exc)
             return
         except ValueError as exc:  # a certificate cryptography cannot read
-            self._inner = None
-            transport.abort()
-            self._gateway.auth_refused(AuthError(str(exc), code="AUTH_BAD_CERTIFICATE"), peer)
+            self._refuse(transport, AuthError(str(exc), code="AUTH_BAD_CERTIFICATE"))
             return
         self._transport = transport
-        self._gateway.connections.setdefault(partner, set()).add(transport)
-        assert self._inner is not None
+        gw.connections.setdefault(partner, set()).add(transport)
+        self._inner = gw.http_handler()
         self._inner.connection_made(transport)
+        early, self._early = self._early, []
+        for chunk in early:
+            self._inner.data_received(chunk)
+
+    def _refuse(self, transport: asyncio.Transport, exc: AuthError) -> None:
+        self._early.clear()
+        transport.abort()
+        self._gateway.auth_refused(exc, self._peer)
 
     def data_received(self, data: bytes) -> None:
         if self._inner is not None:
             self._inner.data_received(data)
+        elif not self._lost:
+            # application data can arrive with the client's Finished, before _admit runs
+            self._early.append(data)
 
     def eof_received(self) -> bool | None:
-        return self._inner.eof_received() if self._inner is not None else None
+        if self._inner is not None:
+            self._inner.eof_received()
+        return None
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
+        self._early.clear()
         if self._transport is not None:
             for conns in self._gateway.connections.values():
                 conns.discard(self._transport)
@@ -94,23 +153,44 @@ class _ConnectionGate(asyncio.Protocol):
 class Gateway:
     """One administration's gateway process."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, admin_tls: bool | None = None) -> None:
         self.settings = settings
         self.runtime: Runtime
-        self.connections: dict[str, set[asyncio.BaseTransport]] = {}
+        #: partner -> its open, authenticated connections
+        self.connections: dict[str, set[asyncio.Transport]] = {}
+        #: TLS handshakes refused inside the TLS library, by code (``TLS_NO_CERTIFICATE`` …)
+        self.handshake_failures: Counter[str] = Counter()
+        #: connections refused by the gate after the handshake, by code (``AUTH_PIN_MISMATCH`` …)
+        self.auth_refusals: Counter[str] = Counter()
         self.partner_port: int | None = None
         self.admin_port: int | None = None
+        self.admin_tls = (
+            bool(getattr(settings.admin, "tls", False)) if admin_tls is None else admin_tls
+        )
+        self.server_context: ssl.SSLContext
+        self.admin_auth: admin.AdminAuth
+        self._own_certs: tuple[tuple[Path, Any], ...] = ()
+        self._http_factory: Any = None
+        self._handshaking: set[asyncio.Transport] = set()
         self._servers: list[asyncio.AbstractServer] = []
         self._runners: list[web.BaseRunner] = []
         self._outbound: OutboundPipeline | None = None
         self._stopping = asyncio.Event()
+        self._reload_lock = asyncio.Lock()
+        self._retired_clients: set[PartnerClient] = set()
+        self._watch: asyncio.Task[None] | None = None
+
+    @property
+    def gateway_id(self) -> str:
+        return self.settings.gateway_id
 
     async def start(self) -> None:
         """Load material, connect the broker, open the stores, listen, consume."""
         s = self.settings
-        if s.preload_schemas:
-            await asyncio.to_thread(_preload_adapters)
+        self.admin_auth = admin.AdminAuth.load(s)
         trust = TrustStore(s.partners)
+        self.server_context = trust.server_context(s.tls)
+        self._own_certs = own_certificates(s)
         signer = Signer.from_files(s.signing.key, s.signing.cert)
         s.state_dir.mkdir(parents=True, exist_ok=True)
         store = await Store.open(s.state_dir / "state.db")
@@ -120,26 +200,54 @@ class Gateway:
             Names(s.broker.prefix),
             confirm_timeout=s.broker.confirm_timeout,
             prefetch=s.delivery.concurrency,
-            connection_name=f"maagw-{s.broker.prefix}{s.gateway_id}",
+            connection_name=f"maagw-{s.gateway_id}",
         )
-        client = PartnerClient(s.partners, trust, s.tls, timeout=s.delivery.timeout,
-                               connections_per_partner=s.delivery.concurrency)
         try:
             await relay.connect(s.partners)
         except GatewayError:
             await store.close()
             await audit.close()
             raise
-        self.runtime = Runtime(s, trust, signer, relay, store, audit, client)
+        self.runtime = Runtime(s, trust, signer, relay, store, audit, self._new_client(s, trust))
         await self._serve_partners()
         await self._serve_admin()
         self._outbound = OutboundPipeline(self.runtime)
         for partner in s.partners:
-            await relay.consume(relay.names.outbound_queue(partner), self._outbound.handler(partner))
-        await audit.append(AuditEvent(event="started", outcome="ok", actor="system",
-                                      details={"partner_port": str(self.partner_port)}))
-        log.info("gateway_started", gateway=s.gateway_id, partner_port=self.partner_port,
-                 admin_port=self.admin_port, partners=sorted(s.partners))
+            await relay.consume(
+                relay.names.outbound_queue(partner), self._outbound.handler(partner)
+            )
+        await audit.append(
+            AuditEvent(
+                event="started",
+                outcome="ok",
+                actor="system",
+                details={"partner_port": str(self.partner_port)},
+            )
+        )
+        self._watch = tasks.spawn(self._expiry_watch(), name="cert-expiry-watch")
+        log.info(
+            "gateway_started",
+            gateway=s.gateway_id,
+            partner_port=self.partner_port,
+            admin_port=self.admin_port,
+            admin_tls=self.admin_tls,
+            partners=sorted(s.partners),
+        )
+
+    @staticmethod
+    def _new_client(s: Settings, trust: TrustStore) -> PartnerClient:
+        return PartnerClient(
+            s.partners,
+            trust,
+            s.tls,
+            timeout=s.delivery.timeout,
+            connections_per_partner=s.delivery.concurrency,
+        )
+
+    def http_handler(self) -> RequestHandler:
+        """A fresh aiohttp protocol for an authenticated partner connection."""
+        handler: RequestHandler = self._http_factory()
+        return handler
 
     async def _serve_partners(self) -> None:
         s = self.settings
@@ -147,68 +255,261 @@ class Gateway:
         app[RUNTIME] = self.runtime
         app[PIPELINE] = InboundPipeline(self.runtime)
         app.router.add_post("/v1/messages", handle_messages)
+        app.router.add_get("/v1/ping", _ping)
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         self._runners.append(runner)
-        ctx = self.runtime.trust.server_context(s.tls)
+        self._http_factory = runner.server
         loop = asyncio.get_running_loop()
-        factory: Callable[[], asyncio.Protocol] = lambda: _ConnectionGate(  # noqa: E731
-            runner.server(), self  # type: ignore[misc]
-        )
         server = await loop.create_server(
-            factory, s.partner_api.host, s.partner_api.port, ssl=ctx, reuse_address=True,
-            backlog=512, ssl_handshake_timeout=10,
+            lambda: _ConnectionGate(self),
+            s.partner_api.host,
+            s.partner_api.port,
+            reuse_address=True,
+            backlog=1024,
         )
         self._servers.append(server)
         self.partner_port = server.sockets[0].getsockname()[1]
 
     async def _serve_admin(self) -> None:
         s = self.settings
-        app = web.Application()
-        app.router.add_get("/healthz", self._healthz)
-        app.router.add_get("/readyz", self._readyz)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        runner = web.AppRunner(admin.build_app(self), access_log=None, handle_signals=False)
         await runner.setup()
         self._runners.append(runner)
-        site = web.TCPSite(runner, s.admin.host, s.admin.port, reuse_address=True)
+        ctx = admin.server_context(s) if self.admin_tls else None
+        if ctx is None and self.admin_auth.token is not None and not _is_loopback(s.admin.host):
+            log.warning(
+                "admin_token_in_clear",
+                host=s.admin.host,
+                hint="serve the admin listener with TLS or bind it to loopback",
+            )
+        if ctx is None and self.admin_auth.token is None:
+            log.warning(
+                "admin_unauthenticated",
+                hint="no admin.token_file and no TLS: only /healthz is usable",
+            )
+        site = web.TCPSite(runner, s.admin.host, s.admin.port, reuse_address=True, ssl_context=ctx)
         await site.start()
-        server = site._server  # noqa: SLF001 - the only way to learn the bound port
+        server = site._server
         if isinstance(server, asyncio.base_events.Server) and server.sockets:
             self.admin_port = server.sockets[0].getsockname()[1]
 
-    async def _healthz(self, request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok", "gateway": self.settings.gateway_id})
+    # ------------------------------------------------------------------ admin target
 
-    async def _readyz(self, request: web.Request) -> web.Response:
-        checks = {"broker": self.runtime.relay.ready}
-        ready = all(checks.values())
-        return web.json_response({"ready": ready, "checks": checks}, status=200 if ready else 503)
+    async def readiness(self) -> dict[str, bool]:
+        """Broker connected, audit store writable, own certificates within validity."""
+        now = datetime.now(UTC)
+        return {
+            "broker": self.runtime.relay.ready,
+            "audit": await _audit_writable(self.runtime.audit, self.settings.audit_url),
+            "certificates": all(
+                c.not_valid_before_utc <= now <= c.not_valid_after_utc for _, c in self._own_certs
+            ),
+        }
+
+    def admin_refused(self, reason: str, peer: str) -> None:
+        """Log and audit a request the admin listener refused for lack of authentication."""
+        log.warning("admin_refused", reason=reason, peer=peer)
+        self._audit_soon(
+            AuditEvent(
+                event="auth_failure",
+                outcome="refused",
+                code="AUTH_OPERATOR_REQUIRED",
+                reason=reason,
+                details={"peer": peer, "listener": "admin"},
+            )
+        )
+
+    def cert_expiry(self) -> dict[str, int]:
+        """Days to expiry of every configured certificate file (the fewest, for a bundle)."""
+        days: dict[str, int] = {}
+        for path, _subject, left in certs.expiry_report(certs.configured_cert_paths(self.settings)):
+            key = str(path)
+            days[key] = min(left, days.get(key, left))
+        return days
+
+    async def _expiry_watch(self) -> None:
+        while True:
+            try:
+                report = await asyncio.to_thread(self.cert_expiry)
+            except GatewayError as exc:
+                log.warning("cert_expiry_unreadable", code=exc.code, reason=exc.reason)
+                report = {}
+            for path, left in sorted(report.items()):
+                if left < certs.EXPIRY_WARNING_DAYS:
+                    log.warning("cert_expiring", path=path, days_left=left)
+            await asyncio.sleep(EXPIRY_CHECK_SECONDS)
+
+    # ------------------------------------------------------------------ reload
+
+    async def reload(self, actor: str) -> ReloadResult:
+        """Re-read configuration and trust material; keep the old on any problem.
+
+        Audited as ``operator_action`` with the actor, whether it worked or not.
+        """
+        async with self._reload_lock:
+            try:
+                material = await asyncio.to_thread(load_material, self.settings.path, self.settings)
+            except GatewayError as exc:
+                log.error("reload_failed", actor=actor, code=exc.code, reason=exc.reason)
+                await self.runtime.audit.append(
+                    AuditEvent(
+                        event="operator_action",
+                        actor=actor,
+                        outcome="failed",
+                        code=exc.code,
+                        reason=exc.reason,
+                        details={"action": "reload"},
+                    )
+                )
+                return ReloadResult(False, actor, code=exc.code, reason=exc.reason)
+            return await self._install(material, actor)
+
+    async def _install(self, m: Material, actor: str) -> ReloadResult:
+        old = self.settings
+        closing, kept = closures(m.trust, self.connections)
+        m.trust.carry(kept)
+        rt = self.runtime
+        old_client = rt.client
+        # the swap: nothing awaits in between, so a request sees all old or all new
+        self.settings = m.settings
+        self.server_context = m.server_context
+        self.admin_auth = m.admin_auth
+        self._own_certs = m.own_certs
+        rt.settings = m.settings
+        rt.trust = m.trust
+        rt.signer = m.signer
+        rt.client = self._new_client(m.settings, m.trust)
+        self._retire(old_client, m.settings.delivery.timeout)
+        for c in closing:
+            c.transport.abort()
+            self.connections.get(c.partner, set()).discard(c.transport)
+        for partner in [p for p in self.connections if p not in m.settings.partners]:
+            self.connections.pop(partner, None)
+        added = tuple(sorted(set(m.settings.partners) - set(old.partners)))
+        removed = tuple(sorted(set(old.partners) - set(m.settings.partners)))
+        warnings = []
+        if added or removed:
+            warnings.append(
+                "outbound consumers follow added or removed partners only after a restart"
+            )
+        result = ReloadResult(
+            True,
+            actor,
+            reason="configuration and trust material reloaded",
+            added=added,
+            removed=removed,
+            partners=tuple(sorted(m.settings.partners)),
+            closed=len(closing),
+            kept=len(kept),
+            warnings=tuple(warnings),
+        )
+        events = [
+            AuditEvent(
+                event="connection_closed",
+                direction="inbound",
+                partner=c.partner,
+                outcome="closed",
+                code=c.error.code,
+                reason=c.error.reason,
+                actor=actor,
+                details={"peer": _address(c.transport.get_extra_info("peername"))},
+            )
+            for c in closing
+        ]
+        events.append(
+            AuditEvent(
+                event="operator_action",
+                actor=actor,
+                outcome="ok",
+                code="RELOAD_OK",
+                reason=result.reason,
+                details={
+                    "action": "reload",
+                    "partners": ",".join(result.partners),
+                    "added": ",".join(added),
+                    "removed": ",".join(removed),
+                    "connections_closed": len(closing),
+                    "connections_kept": len(kept),
+                },
+            )
+        )
+        await rt.audit.append_many(events)
+        log.info(
+            "config_reloaded",
+            actor=actor,
+            partners=list(result.partners),
+            added=added,
+            removed=removed,
+            connections_closed=len(closing),
+            connections_kept=len(kept),
+        )
+        return result
+
+    def _retire(self, client: PartnerClient, grace: float) -> None:
+        """Close a replaced outbound client once its in-flight requests had time to end."""
+        self._retired_clients.add(client)
+
+        async def later() -> None:
+            await asyncio.sleep(grace + 1.0)
+            if client in self._retired_clients:
+                self._retired_clients.discard(client)
+                await client.close()
+
+        tasks.spawn(later(), name="retire-partner-client")
+
+    # ------------------------------------------------------------------ refusals
+
+    def handshake_failed(self, exc: BaseException, peer: str) -> None:
+        """Count and log a TLS handshake the TLS library (or the peer) broke off."""
+        code, reason = _handshake_reason(exc)
+        self.handshake_failures[code] += 1
+        log.warning("tls_handshake_failed", code=code, reason=reason, peer=peer)
 
     def auth_refused(self, exc: AuthError, peer: Any) -> None:
         """Log and audit a connection refused by the gate (never raises)."""
-        address = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        address = peer if isinstance(peer, str) else _address(peer)
+        self.auth_refusals[exc.code] += 1
         log.warning("connection_refused", code=exc.code, reason=exc.reason, peer=address)
-        tasks.spawn(
-            self.runtime.audit.append(
-                AuditEvent(event="auth_failure", direction="inbound",
-                           partner=exc.context.get("partner"), outcome="refused", code=exc.code,
-                           reason=exc.reason, details={"peer": address})
-            ),
-            name="audit-auth-failure",
+        self._audit_soon(
+            AuditEvent(
+                event="auth_failure",
+                direction="inbound",
+                partner=exc.context.get("partner"),
+                outcome="refused",
+                code=exc.code,
+                reason=exc.reason,
+                details={"peer": address},
+            )
         )
+
+    def _audit_soon(self, event: AuditEvent) -> None:
+        tasks.spawn(self.runtime.audit.append(event), name="audit-auth-failure")
+
+    # ------------------------------------------------------------------ lifecycle
 
     async def stop(self) -> None:
         """Stop accepting, finish in-flight deliveries within a bound, close cleanly."""
         rt = self.runtime
+        if self._watch is not None:
+            self._watch.cancel()
         await rt.relay.stop_consuming()
         for server in self._servers:
             server.close()
+        for raw in list(self._handshaking):
+            raw.abort()
         if self._outbound is not None:
             left = await self._outbound.drain(SHUTDOWN_GRACE_SECONDS)
             if left:
                 log.warning("shutdown_inflight_returned", count=left)
         for runner in self._runners:
             await runner.cleanup()
+        for conns in self.connections.values():
+            for transport in list(conns):
+                transport.abort()
+        for client in list(self._retired_clients):
+            self._retired_clients.discard(client)
+            await client.close()
         await rt.client.close()
         await rt.relay.close()
         await rt.audit.append(AuditEvent(event="stopped", outcome="ok", actor="system"))
@@ -217,23 +518,65 @@ class Gateway:
         log.info("gateway_stopped", gateway=self.settings.gateway_id)
 
     async def run_until_signalled(self) -> None:
-        """Serve until SIGTERM or SIGINT, then stop gracefully."""
+        """Serve until SIGTERM or SIGINT, then stop gracefully; SIGHUP reloads."""
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stopping.set)
+        loop.add_signal_handler(
+            signal.SIGHUP, lambda: tasks.spawn(self.reload("signal:SIGHUP"), name="reload")
+        )
         await self._stopping.wait()
+        loop.remove_signal_handler(signal.SIGHUP)
         await self.stop()
 
 
-def _preload_adapters() -> None:
-    """Build every adapter's schemas now, so that no message waits for one."""
-    import adapters
+async def _ping(request: web.Request) -> web.Response:
+    """``GET /v1/ping``: 204 for an authenticated partner (liveness of the link; benchmarks)."""
+    return web.Response(status=204)
 
-    for name in adapters.available():
-        preload = getattr(adapters.get(name), "preload", None)
-        if callable(preload):
-            preload()
-    log.info("schemas_preloaded", adapters=adapters.available())
+
+#: OpenSSL reasons -> the stable code a handshake failure is counted under
+_TLS_CODES = {
+    "PEER_DID_NOT_RETURN_A_CERTIFICATE": "TLS_NO_CERTIFICATE",
+    "NO_CERTIFICATE_RETURNED": "TLS_NO_CERTIFICATE",
+    "CERTIFICATE_VERIFY_FAILED": "TLS_CERTIFICATE_UNTRUSTED",
+    "UNSUPPORTED_PROTOCOL": "TLS_OLD_PROTOCOL",
+    "WRONG_VERSION_NUMBER": "TLS_NOT_TLS",
+    "HTTP_REQUEST": "TLS_NOT_TLS",
+    "NO_SHARED_CIPHER": "TLS_NO_SHARED_CIPHER",
+}
+
+
+def _handshake_reason(exc: BaseException) -> tuple[str, str]:
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return "TLS_CERTIFICATE_UNTRUSTED", str(exc.verify_message or exc.reason)
+    if isinstance(exc, ssl.SSLError):
+        reason = str(exc.reason or exc.__class__.__name__)
+        return _TLS_CODES.get(reason, f"TLS_{reason}"), reason.lower().replace("_", " ")
+    if isinstance(exc, ConnectionAbortedError | asyncio.TimeoutError | TimeoutError):
+        return "TLS_TIMEOUT", str(exc) or "handshake timed out"
+    return "TLS_CONNECTION_LOST", f"{exc.__class__.__name__}: {exc}".rstrip(": ")
+
+
+async def _audit_writable(audit: AuditLog, url: str) -> bool:
+    """The audit store answers, and (for SQLite) its file and directory are writable."""
+    try:
+        await audit.head()
+    except GatewayError:
+        return False
+    return "://" in url or _file_writable(Path(url))
+
+
+def _file_writable(path: Path) -> bool:
+    return os.access(path.parent, os.W_OK) and (not path.exists() or os.access(path, os.W_OK))
+
+
+def _address(peer: Any) -> str:
+    return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+
+
+def _is_loopback(host: str) -> bool:
+    return host in {"127.0.0.1", "::1", "localhost"} or host.startswith("127.")
 
 
 def free_port(host: str = "127.0.0.1") -> int:

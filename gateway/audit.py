@@ -243,7 +243,7 @@ class AuditLog:
         self._last_cp_seq = max((cp.seq for cp in cps), default=0)
         self._last_cp_mono = asyncio.get_running_loop().time()
         self._writer = spawn(self._write_loop(), name="audit-writer")
-        log.info("audit_opened", head_seq=self._head[0], last_checkpoint=self._last_cp_seq)
+        log.debug("audit_opened", head_seq=self._head[0], last_checkpoint=self._last_cp_seq)
         return self
 
     # ------------------------------------------------------------------ write side
@@ -446,7 +446,7 @@ class AuditLog:
                 await self.checkpoint()
         finally:
             await self._store.close()
-        log.info("audit_closed", head_seq=self._head[0])
+        log.debug("audit_closed", head_seq=self._head[0])
 
     async def __aenter__(self) -> AuditLog:
         return self
@@ -623,7 +623,7 @@ class AuditLog:
         }
         (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         (out_dir / "VERIFY.txt").write_text(_verify_txt(manifest, names))
-        log.info("audit_exported", from_seq=lo, to_seq=hi, entries=written, checkpoints=len(cps))
+        log.debug("audit_exported", from_seq=lo, to_seq=hi, entries=written, checkpoints=len(cps))
         return manifest
 
 

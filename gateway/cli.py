@@ -29,8 +29,13 @@ MESSAGE_TYPES = ("maa.request", "maa.reply", "maa.spontaneous", "maa.refusal", "
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--log-format", type=click.Choice(["auto", "json", "console"]), default="auto",
-              show_default=True, help="JSON when not on a terminal, unless told.")
+@click.option(
+    "--log-format",
+    type=click.Choice(["auto", "json", "console"]),
+    default="auto",
+    show_default=True,
+    help="JSON when not on a terminal, unless told.",
+)
 @click.option("--log-level", default="INFO", show_default=True)
 def main(log_format: str, log_level: str) -> None:
     """maa-gateway: signed, policy-checked message exchange between customs administrations."""
@@ -57,8 +62,14 @@ def config_check(config_path: Path | None) -> None:
 
     settings = settings_from(config_path)
     TrustStore(settings.partners)  # every partner's CA, signing certificates, CRL readable
-    for path in (settings.tls.server_cert, settings.tls.server_key, settings.tls.client_cert,
-                 settings.tls.client_key, settings.signing.cert, settings.signing.key):
+    for path in (
+        settings.tls.server_cert,
+        settings.tls.server_key,
+        settings.tls.client_cert,
+        settings.tls.client_key,
+        settings.signing.cert,
+        settings.signing.key,
+    ):
         if not path.is_file():
             raise ConfigError(f"{settings.path}: {path}: file not found")
     click.echo(
@@ -70,8 +81,12 @@ def config_check(config_path: Path | None) -> None:
 
 @config_group.command("topology")
 @config_option
-@click.option("--out", type=click.Path(path_type=Path, dir_okay=False), default=None,
-              help="Write here instead of standard output.")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Write here instead of standard output.",
+)
 @click.option("--no-prefix", is_flag=True, help="Names without this gateway's broker prefix.")
 @one_line_errors
 def config_topology(config_path: Path | None, out: Path | None, no_prefix: bool) -> None:
@@ -110,32 +125,43 @@ def serve(config_path: Path | None) -> None:
         raise ConfigError(f"{exc.reason} — {RABBITMQ_HINT}", code=exc.code) from None
 
 
-RABBITMQ_HINT = (
-    "start RabbitMQ (e.g. `rabbitmq-server -detached`) or set MAAGW_BROKER_URL"
-)
+RABBITMQ_HINT = "start RabbitMQ (e.g. `rabbitmq-server -detached`) or set MAAGW_BROKER_URL"
 
 
 @main.command()
 @config_option
 @click.option("--to", "partner", required=True, help="Partner administration id, e.g. XB.")
 @click.option("--type", "message_type", required=True, type=click.Choice(MESSAGE_TYPES))
-@click.option("--format", "fmt", default=None,
-              help="Adapter name of FILE (default: from its suffix: .json national-json, "
-                   ".xml maa-xml, .csv aeo-mra-csv).")
+@click.option(
+    "--format",
+    "fmt",
+    default=None,
+    help="Adapter name of FILE (default: from its suffix: .json national-json, "
+    ".xml maa-xml, .csv aeo-mra-csv).",
+)
 @click.option("--agreement", default=None, help="Agreement id (default: the one covering it).")
 @click.option("--correlation-id", default=None, help="The request a reply answers.")
 @click.option("--message-id", default=None, help="Default: a new UUID.")
 @click.argument("file", type=click.Path(path_type=Path, exists=True, dir_okay=False))
 @one_line_errors
-def send(config_path: Path | None, partner: str, message_type: str, fmt: str | None,
-         agreement: str | None, correlation_id: str | None, message_id: str | None,
-         file: Path) -> None:
+def send(
+    config_path: Path | None,
+    partner: str,
+    message_type: str,
+    fmt: str | None,
+    agreement: str | None,
+    correlation_id: str | None,
+    message_id: str | None,
+    file: Path,
+) -> None:
     """Publish FILE as a back-office message for PARTNER (an operator's test tool)."""
     from gateway.relay import Names, Relay
 
     settings = settings_from(config_path)
     if partner not in settings.partners:
-        raise ConfigError(f"unknown partner {partner} (known: {', '.join(sorted(settings.partners))})")
+        raise ConfigError(
+            f"unknown partner {partner} (known: {', '.join(sorted(settings.partners))})"
+        )
     fmt = fmt or _format_for(file)
     message_id = message_id or str(uuid.uuid4())
     headers = {"x-maagw-format": fmt}
@@ -143,13 +169,22 @@ def send(config_path: Path | None, partner: str, message_type: str, fmt: str | N
         headers["x-maagw-agreement"] = agreement
 
     async def publish() -> None:
-        relay = Relay(settings.broker.url, Names(settings.broker.prefix),
-                      connection_name=f"maagw-send-{settings.gateway_id}")
+        relay = Relay(
+            settings.broker.url,
+            Names(settings.broker.prefix),
+            connection_name=f"maagw-send-{settings.gateway_id}",
+        )
         await relay.connect(settings.partners)
         try:
-            await relay.publish(relay.names.outbound, partner, file.read_bytes(),
-                                message_id=message_id, message_type=message_type,
-                                correlation_id=correlation_id, headers=headers)
+            await relay.publish(
+                relay.names.outbound,
+                partner,
+                file.read_bytes(),
+                message_id=message_id,
+                message_type=message_type,
+                correlation_id=correlation_id,
+                headers=headers,
+            )
         finally:
             await relay.close()
 
@@ -170,10 +205,18 @@ def _format_for(file: Path) -> str:
 
 @main.command()
 @click.pass_context
-@click.option("--state-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
-              help="Keep certificates, configuration and audit stores here (absent or empty).")
-@click.option("--broker-url", envvar="MAAGW_BROKER_URL",
-              default="amqp://guest:guest@127.0.0.1:5672/", show_default=True)
+@click.option(
+    "--state-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Keep certificates, configuration and audit stores here (absent or empty).",
+)
+@click.option(
+    "--broker-url",
+    envvar="MAAGW_BROKER_URL",
+    default="amqp://guest:guest@127.0.0.1:5672/",
+    show_default=True,
+)
 @one_line_errors
 def demo(ctx: click.Context, state_dir: Path | None, broker_url: str) -> None:
     """Two administrations, XA and XB, exchange a request and its reply end to end."""

@@ -25,10 +25,20 @@ from gateway.relay import Names, Relay
 from gateway.store import DeadLetter, Store
 
 #: headers the gateway adds when it dead-letters or retries; dropped on replay
-_GATEWAY_HEADERS = ("x-maagw-code", "x-maagw-reason", "x-maagw-partner", "x-maagw-dead-id",
-                    "x-maagw-attempt", "x-maagw-first-seen", "x-maagw-last-error", "x-death",
-                    "x-first-death-exchange", "x-first-death-queue", "x-first-death-reason",
-                    "x-delivery-count")
+_GATEWAY_HEADERS = (
+    "x-maagw-code",
+    "x-maagw-reason",
+    "x-maagw-partner",
+    "x-maagw-dead-id",
+    "x-maagw-attempt",
+    "x-maagw-first-seen",
+    "x-maagw-last-error",
+    "x-death",
+    "x-first-death-exchange",
+    "x-first-death-queue",
+    "x-first-death-reason",
+    "x-delivery-count",
+)
 
 
 @click.group("dead")
@@ -62,10 +72,14 @@ def list_dead(config_path: Path | None, limit: int) -> None:
     if not items:
         click.echo("no dead letters")
         return
-    click.echo(f"{'id':>5}  {'dead at':<20} {'partner':<8} {'code':<26} {'replayed':<20} message id")
+    click.echo(
+        f"{'id':>5}  {'dead at':<20} {'partner':<8} {'code':<26} {'replayed':<20} message id"
+    )
     for d in items:
-        click.echo(f"{d.id:>5}  {_when(d.dead_at):<20} {d.partner or '-':<8} {d.code:<26} "
-                   f"{_when(d.replayed_at):<20} {d.message_id or '-'}")
+        click.echo(
+            f"{d.id:>5}  {_when(d.dead_at):<20} {d.partner or '-':<8} {d.code:<26} "
+            f"{_when(d.replayed_at):<20} {d.message_id or '-'}"
+        )
 
 
 @dead.command("show")
@@ -78,12 +92,23 @@ def show_dead(config_path: Path | None, dead_id: int) -> None:
     item: DeadLetter | None = asyncio.run(_with_store(settings, lambda s: s.dead_get(dead_id)))
     if item is None:
         raise GatewayError(f"no dead letter {dead_id}", code="DEAD_NOT_FOUND")
-    click.echo(json.dumps({
-        "id": item.id, "message_id": item.message_id, "partner": item.partner,
-        "direction": item.direction, "code": item.code, "reason": item.reason,
-        "dead_at": _when(item.dead_at), "replayed_at": _when(item.replayed_at),
-        "properties": item.properties, "body_bytes": len(item.body),
-    }, indent=2))
+    click.echo(
+        json.dumps(
+            {
+                "id": item.id,
+                "message_id": item.message_id,
+                "partner": item.partner,
+                "direction": item.direction,
+                "code": item.code,
+                "reason": item.reason,
+                "dead_at": _when(item.dead_at),
+                "replayed_at": _when(item.replayed_at),
+                "properties": item.properties,
+                "body_bytes": len(item.body),
+            },
+            indent=2,
+        )
+    )
 
 
 @dead.command("replay")
@@ -101,30 +126,49 @@ def replay_dead(config_path: Path | None, dead_id: int, actor: str | None) -> No
         if item is None:
             raise GatewayError(f"no dead letter {dead_id}", code="DEAD_NOT_FOUND")
         if item.direction != "outbound" or not item.partner:
-            raise GatewayError(f"dead letter {dead_id} is not an outbound message",
-                               code="DEAD_NOT_REPLAYABLE")
+            raise GatewayError(
+                f"dead letter {dead_id} is not an outbound message", code="DEAD_NOT_REPLAYABLE"
+            )
         props = item.properties
-        headers = {k: v for k, v in (props.get("headers") or {}).items()
-                   if k not in _GATEWAY_HEADERS}
-        relay = Relay(settings.broker.url, Names(settings.broker.prefix),
-                      connection_name=f"maagw-replay-{settings.gateway_id}")
+        headers = {
+            k: v for k, v in (props.get("headers") or {}).items() if k not in _GATEWAY_HEADERS
+        }
+        relay = Relay(
+            settings.broker.url,
+            Names(settings.broker.prefix),
+            connection_name=f"maagw-replay-{settings.gateway_id}",
+        )
         await relay.connect(settings.partners)
         try:
-            await relay.publish(relay.names.outbound, item.partner, item.body,
-                                message_id=props.get("message_id"), message_type=props.get("type"),
-                                correlation_id=props.get("correlation_id"),
-                                content_type=props.get("content_type"), headers=headers)
+            await relay.publish(
+                relay.names.outbound,
+                item.partner,
+                item.body,
+                message_id=props.get("message_id"),
+                message_type=props.get("type"),
+                correlation_id=props.get("correlation_id"),
+                content_type=props.get("content_type"),
+                headers=headers,
+            )
         finally:
             await relay.close()
         await store.dead_mark_replayed(dead_id)
         audit = await AuditLog.open(settings.audit_url, gateway_id=settings.gateway_id)
         try:
-            await audit.append(AuditEvent(
-                event="operator_action", direction="outbound", partner=item.partner,
-                message_type=props.get("type"), message_id=item.message_id, outcome="ok",
-                code="DEAD_REPLAYED", reason=f"dead letter {dead_id} replayed", actor=actor,
-                details={"dead_id": dead_id, "original_code": item.code},
-            ))
+            await audit.append(
+                AuditEvent(
+                    event="operator_action",
+                    direction="outbound",
+                    partner=item.partner,
+                    message_type=props.get("type"),
+                    message_id=item.message_id,
+                    outcome="ok",
+                    code="DEAD_REPLAYED",
+                    reason=f"dead letter {dead_id} replayed",
+                    actor=actor,
+                    details={"dead_id": dead_id, "original_code": item.code},
+                )
+            )
         finally:
             await audit.close()
         return item

@@ -177,7 +177,9 @@ def default_config_path() -> Path:
     return Path(os.environ.get("MAAGW_CONFIG") or DEFAULT_CONFIG)
 
 
-def load_settings(path: Path | str | None = None, *, env: Mapping[str, str] | None = None) -> Settings:
+def load_settings(
+    path: Path | str | None = None, *, env: Mapping[str, str] | None = None
+) -> Settings:
     """Read and validate the whole configuration rooted at ``path``."""
     path = Path(path) if path is not None else default_config_path()
     env = os.environ if env is None else env
@@ -189,7 +191,9 @@ def load_settings(path: Path | str | None = None, *, env: Mapping[str, str] | No
     agreements_dir = _resolve(base, main.agreements_dir)
     partners = load_partners(partners_dir)
     if main.gateway.id in partners:
-        raise ConfigError(f"{partners_dir / (main.gateway.id + '.toml')}: id: this gateway's own id")
+        raise ConfigError(
+            f"{partners_dir / (main.gateway.id + '.toml')}: id: this gateway's own id"
+        )
     agreements = load_agreements(agreements_dir) if agreements_dir.is_dir() else {}
     state_dir = _resolve(base, main.gateway.state_dir)
     return Settings(

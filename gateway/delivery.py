@@ -8,7 +8,6 @@ certificate is checked against the partner's pins and CRL.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -86,12 +85,14 @@ class PartnerClient:
                     )
                 return Answer(resp.status, data)
         except AuthError as exc:
-            raise DeliveryError(exc.reason, code=exc.code, retryable=True,
-                                partner=partner_id) from exc
+            raise DeliveryError(
+                exc.reason, code=exc.code, retryable=True, partner=partner_id
+            ) from exc
         except aiohttp.ClientSSLError as exc:
-            raise DeliveryError(f"TLS with {partner_id} failed: {exc}", code="DELIVERY_TLS",
-                                partner=partner_id) from exc
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            raise DeliveryError(
+                f"TLS with {partner_id} failed: {exc}", code="DELIVERY_TLS", partner=partner_id
+            ) from exc
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise DeliveryError(
                 f"{partner_id} unreachable at {url}: {exc.__class__.__name__} {exc}".strip(),
                 code="DELIVERY_UNREACHABLE",

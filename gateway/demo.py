@@ -64,8 +64,9 @@ def provision(
         cert_dir = base / "certs"
         certs.init_ca(f"{gid} Customs Gateway CA", ca_dir)
         host = f"gw.{gid.lower()}.test"
-        certs.issue(ca_dir, "tls-server", "tls-server", cert_dir,
-                    sans=[host, "localhost", "127.0.0.1"])
+        certs.issue(
+            ca_dir, "tls-server", "tls-server", cert_dir, sans=[host, "localhost", "127.0.0.1"]
+        )
         certs.issue(ca_dir, "tls-client", "tls-client", cert_dir)
         certs.issue(ca_dir, "signing", "signing", cert_dir)
     result: dict[str, Provisioned] = {}
@@ -145,8 +146,9 @@ class Timeline:
     started: float = field(default_factory=time.monotonic)
     rows: list[tuple[datetime, str, str, str, str]] = field(default_factory=list)
 
-    def add(self, who: str, step: str, outcome: str, message_id: str,
-            at: datetime | None = None) -> None:
+    def add(
+        self, who: str, step: str, outcome: str, message_id: str, at: datetime | None = None
+    ) -> None:
         self.rows.append((at or datetime.now(UTC), who, step, outcome, message_id))
 
     def render(self) -> str:
@@ -176,16 +178,17 @@ async def _exchange(settings: dict[str, Settings], timeline: Timeline) -> bool:
         await _publish(channel, xa, "XB", request, request_id, "maa.request", None)
         timeline.add("XA back office", "published maa.request (national-json)", "sent", request_id)
         got = await _consume_inbound(channel, xb, request_id, timeline, "XB back office")
-        ok_request = got is not None and await _wait_event(channel, xa, request_id, "delivered",
-                                                           timeline, "XA back office")
+        ok_request = got is not None and await _wait_event(
+            channel, xa, request_id, "delivered", timeline, "XA back office"
+        )
         ok_reply = False
         if ok_request:
             await _publish(channel, xb, "XA", reply, reply_id, "maa.reply", request_id)
-            timeline.add("XB back office", "published maa.reply with NCTS CC015C", "sent",
-                         reply_id)
+            timeline.add("XB back office", "published maa.reply with NCTS CC015C", "sent", reply_id)
             got_reply = await _consume_inbound(channel, xa, reply_id, timeline, "XA back office")
             ok_reply = got_reply is not None and await _wait_event(
-                channel, xb, reply_id, "delivered", timeline, "XB back office")
+                channel, xb, reply_id, "delivered", timeline, "XB back office"
+            )
     finally:
         await connection.close()
         for g in gateways.values():
@@ -200,28 +203,43 @@ def _reply_with_declaration(request_id: str) -> bytes:
     reply = json.loads((EXAMPLES / "national-json" / "maa.reply.json").read_text())
     reply["inReplyTo"] = request_id
     declaration = (EXAMPLES / "ncts-p5" / "cc015c.xml").read_bytes()
-    reply["attachments"] = [{
-        "format": "ncts-p5-xml",
-        "filename": "export-declaration-cc015c.xml",
-        "content": base64.b64encode(declaration).decode("ascii"),
-    }]
+    reply["attachments"] = [
+        {
+            "format": "ncts-p5-xml",
+            "filename": "export-declaration-cc015c.xml",
+            "content": base64.b64encode(declaration).decode("ascii"),
+        }
+    ]
     return json.dumps(reply).encode()
 
 
-async def _publish(channel: Any, s: Settings, partner: str, body: bytes, message_id: str,
-                   message_type: str, correlation_id: str | None) -> None:
+async def _publish(
+    channel: Any,
+    s: Settings,
+    partner: str,
+    body: bytes,
+    message_id: str,
+    message_type: str,
+    correlation_id: str | None,
+) -> None:
     exchange = await channel.get_exchange(s.name_of("maagw.outbound"))
     await exchange.publish(
-        aio_pika.Message(body, message_id=message_id, type=message_type,
-                         correlation_id=correlation_id, content_type="application/json",
-                         headers={"x-maagw-format": "national-json"},
-                         delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+        aio_pika.Message(
+            body,
+            message_id=message_id,
+            type=message_type,
+            correlation_id=correlation_id,
+            content_type="application/json",
+            headers={"x-maagw-format": "national-json"},
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        ),
         routing_key=partner,
     )
 
 
-async def _consume_inbound(channel: Any, s: Settings, message_id: str, timeline: Timeline,
-                           who: str, timeout: float = 15.0) -> bytes | None:
+async def _consume_inbound(
+    channel: Any, s: Settings, message_id: str, timeline: Timeline, who: str, timeout: float = 15.0
+) -> bytes | None:
     queue = await channel.get_queue(s.name_of("maagw.inbound"))
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -238,8 +256,15 @@ async def _consume_inbound(channel: Any, s: Settings, message_id: str, timeline:
     return None
 
 
-async def _wait_event(channel: Any, s: Settings, message_id: str, status: str,
-                      timeline: Timeline, who: str, timeout: float = 15.0) -> bool:
+async def _wait_event(
+    channel: Any,
+    s: Settings,
+    message_id: str,
+    status: str,
+    timeline: Timeline,
+    who: str,
+    timeout: float = 15.0,
+) -> bool:
     queue = await channel.get_queue(s.name_of("maagw.events"))
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -250,8 +275,9 @@ async def _wait_event(channel: Any, s: Settings, message_id: str, status: str,
         await message.ack()
         event = json.loads(message.body)
         if event.get("message_id") == message_id:
-            timeline.add(who, f"event {event['status']}", event.get("receipt", event["status"]),
-                         message_id)
+            timeline.add(
+                who, f"event {event['status']}", event.get("receipt", event["status"]), message_id
+            )
             if event["status"] == status:
                 return True
     timeline.add(who, f"waited for event {status}", "TIMEOUT", message_id)
@@ -273,8 +299,13 @@ async def _audit_rows(s: Settings, gid: str, ids: list[str], timeline: Timeline)
                 step = f"{e.event} {e.direction or ''} {e.message_type or ''}".strip()
                 if e.code and e.code != "POLICY_ALLOW":
                     step += f" [{e.code}]"
-                timeline.add(f"gateway {gid}", step, e.outcome or "", mid,
-                             at=datetime.fromisoformat(e.time.replace("Z", "+00:00")))
+                timeline.add(
+                    f"gateway {gid}",
+                    step,
+                    e.outcome or "",
+                    mid,
+                    at=datetime.fromisoformat(e.time.replace("Z", "+00:00")),
+                )
     finally:
         await audit.close()
 
@@ -291,8 +322,10 @@ def run_demo(state_dir: Path | None, broker_url: str) -> bool:
     try:
         provisioned = provision(root, broker_url)
         settings = {gid: load_settings(p.config) for gid, p in provisioned.items()}
-        click.echo(f"XA partner API on 127.0.0.1:{provisioned['XA'].partner_port}, "
-                   f"XB on 127.0.0.1:{provisioned['XB'].partner_port}; broker prefixes xa., xb.")
+        click.echo(
+            f"XA partner API on 127.0.0.1:{provisioned['XA'].partner_port}, "
+            f"XB on 127.0.0.1:{provisioned['XB'].partner_port}; broker prefixes xa., xb."
+        )
         timeline = Timeline()
         ok = asyncio.run(_exchange(settings, timeline))
         click.echo(timeline.render())
@@ -302,8 +335,10 @@ def run_demo(state_dir: Path | None, broker_url: str) -> bool:
         else:
             click.echo(f"\nFAILED: not every message arrived ({took:.1f} s).", err=True)
         if keep:
-            click.echo(f"State kept in {root}: try `maagw audit verify --config "
-                       f"{root / 'XA' / 'gateway.toml'}`")
+            click.echo(
+                f"State kept in {root}: try `maagw audit verify --config "
+                f"{root / 'XA' / 'gateway.toml'}`"
+            )
         return ok
     finally:
         if not keep:
@@ -317,7 +352,7 @@ def _require_broker(url: str) -> None:
 
     try:
         asyncio.run(probe())
-    except Exception as exc:  # noqa: BLE001 - any failure to connect means the same to the user
+    except Exception as exc:
         raise ConfigError(
             f"RabbitMQ is not reachable at {url.split('@')[-1]} ({exc.__class__.__name__}); "
             "start it with `rabbitmq-server -detached` (or `make demo`, which starts it)",

@@ -242,13 +242,19 @@ def _is_xml(media_type: str) -> bool:
 
 def _parse_embedded(payload: bytes) -> etree._Element:
     parser = etree.XMLParser(
-        resolve_entities=False, no_network=True, load_dtd=False, remove_comments=True,
-        remove_pis=True, huge_tree=False,
+        resolve_entities=False,
+        no_network=True,
+        load_dtd=False,
+        remove_comments=True,
+        remove_pis=True,
+        huge_tree=False,
     )
     try:
         element = etree.fromstring(payload, parser)
     except etree.XMLSyntaxError as exc:
-        raise EnvelopeError(f"payload is not well-formed XML: {exc}", code="SCHEMA_INVALID") from None
+        raise EnvelopeError(
+            f"payload is not well-formed XML: {exc}", code="SCHEMA_INVALID"
+        ) from None
     if element.getroottree().docinfo.doctype:
         raise EnvelopeError("payload has a DOCTYPE", code="XML_UNSAFE")
     return element

@@ -141,12 +141,28 @@ class InboundPipeline:
             )
         if claim.outcome == "published":
             entry = ReceiptEntry(
-                head.message_id, digest, "duplicate", code="DUPLICATE",
-                reason="this message id was received before", original_receipt=claim.receipt_id,
+                head.message_id,
+                digest,
+                "duplicate",
+                code="DUPLICATE",
+                reason="this message id was received before",
+                original_receipt=claim.receipt_id,
             )
             log.info("message_duplicate", partner=partner)
-            return Outcome(200, entry, events=(self._audit(
-                env, digest, "duplicate", "ok", "DUPLICATE", "already received and published"),))
+            return Outcome(
+                200,
+                entry,
+                events=(
+                    self._audit(
+                        env,
+                        digest,
+                        "duplicate",
+                        "ok",
+                        "DUPLICATE",
+                        "already received and published",
+                    ),
+                ),
+            )
         if claim.outcome == "in_flight":
             return Outcome(503, None, retry_after=RETRY_AFTER_SECONDS)
         try:
@@ -192,8 +208,15 @@ class InboundPipeline:
                 decision = evaluate(
                     agreement, dataclasses.replace(request, rate_ok=False, retry_after=wait)
                 )
-        decided = self._audit(env, digest, "policy_decision", "allow" if decision.allowed else "deny",
-                              decision.code, decision.reason, rule=decision.rule)
+        decided = self._audit(
+            env,
+            digest,
+            "policy_decision",
+            "allow" if decision.allowed else "deny",
+            decision.code,
+            decision.reason,
+            rule=decision.rule,
+        )
         if not decision.allowed:
             await rt.record(decided)
             if decision.code == "POLICY_RATE":
@@ -232,8 +255,10 @@ class InboundPipeline:
         return Outcome(
             200,
             entry,
-            events=(decided, self._audit(env, digest, "published", "ok", None, None,
-                                         format=target.name)),
+            events=(
+                decided,
+                self._audit(env, digest, "published", "ok", None, None, format=target.name),
+            ),
             sender=partner,
         )
 
@@ -242,18 +267,18 @@ class InboundPipeline:
     ) -> Outcome:
         head = env.header if env else None
         rejected = AuditEvent(
-                event="rejected",
-                direction="inbound",
-                partner=partner,
-                agreement=head.agreement if head else None,
-                message_type=head.message_type if head else None,
-                message_id=message_id if message_id != "-" else None,
-                correlation_id=head.correlation_id if head else None,
-                envelope_digest=hexdigest(digest),
-                outcome="refused",
-                code=exc.code,
-                reason=exc.reason,
-            )
+            event="rejected",
+            direction="inbound",
+            partner=partner,
+            agreement=head.agreement if head else None,
+            message_type=head.message_type if head else None,
+            message_id=message_id if message_id != "-" else None,
+            correlation_id=head.correlation_id if head else None,
+            envelope_digest=hexdigest(digest),
+            outcome="refused",
+            code=exc.code,
+            reason=exc.reason,
+        )
         log.info("message_rejected", partner=partner, code=exc.code, reason=exc.reason)
         entry = ReceiptEntry(message_id, digest, "rejected", code=exc.code, reason=exc.reason)
         return Outcome(http_status(exc.code), entry, events=(rejected,))
@@ -269,8 +294,9 @@ class InboundPipeline:
                 await rt.record(*outcome.events)
             return web.Response(status=outcome.status, headers=headers, text="try again later\n")
         receipt_id = envelope.new_id()
-        receipt = envelope.build_receipt(rt.gateway_id, partner, [outcome.entry],
-                                         receipt_id=receipt_id)
+        receipt = envelope.build_receipt(
+            rt.gateway_id, partner, [outcome.entry], receipt_id=receipt_id
+        )
         signed = rt.signer.sign(receipt)
         evidence, receipt_digest = canonical(receipt)
         await rt.audit.store_evidence(receipt_digest, "receipt", evidence, 3650)
@@ -301,8 +327,14 @@ class InboundPipeline:
         )
 
     def _audit(
-        self, env: Envelope, digest: str, event: str, outcome: str, code: str | None,
-        reason: str | None, **details: str,
+        self,
+        env: Envelope,
+        digest: str,
+        event: str,
+        outcome: str,
+        code: str | None,
+        reason: str | None,
+        **details: str,
     ) -> AuditEvent:
         head = env.header
         return AuditEvent(
@@ -349,7 +381,10 @@ async def handle_messages(request: web.Request) -> web.Response:
     body = await read_body(request, limit)
     if body is None:
         outcome = await pipeline.refuse(
-            partner, "-", EMPTY_DIGEST, None,
+            partner,
+            "-",
+            EMPTY_DIGEST,
+            None,
             EnvelopeError(
                 f"body of {request.content_length or 'more than ' + str(limit)} bytes "
                 f"exceeds the limit of {limit} bytes",

@@ -74,12 +74,14 @@ class Outgoing:
         if not message.message_id:
             raise EnvelopeError("the AMQP message has no message_id", code="RELAY_NO_MESSAGE_ID")
         if not message.type:
-            raise EnvelopeError("the AMQP message has no type (message type)",
-                                code="RELAY_NO_MESSAGE_TYPE")
+            raise EnvelopeError(
+                "the AMQP message has no type (message type)", code="RELAY_NO_MESSAGE_TYPE"
+            )
         fmt = _header(headers, "x-maagw-format")
         if not fmt:
-            raise EnvelopeError("the AMQP message has no x-maagw-format header",
-                                code="RELAY_NO_FORMAT")
+            raise EnvelopeError(
+                "the AMQP message has no x-maagw-format header", code="RELAY_NO_FORMAT"
+            )
         return cls(
             partner=partner,
             message_id=str(message.message_id),
@@ -149,18 +151,32 @@ class OutboundPipeline:
             await self._requeue_later(message, exc)
             return
         if receipt_status == "rejected":
-            await self._dead(partner, message, out, code or "REJECTED",
-                             reason or "rejected by the partner", status="rejected",
-                             audited=True)
+            await self._dead(
+                partner,
+                message,
+                out,
+                code or "REJECTED",
+                reason or "rejected by the partner",
+                status="rejected",
+                audited=True,
+            )
             return
         try:
             await self.rt.relay.publish_event(
-                partner, "delivered",
-                self.rt.event("delivered", message_id=out.message_id,
-                              correlation_id=out.correlation_id, partner=partner,
-                              message_type=out.message_type, agreement=_id(agreement),
-                              code=code, reason=reason, attempt=out.attempt,
-                              receipt=receipt_status),
+                partner,
+                "delivered",
+                self.rt.event(
+                    "delivered",
+                    message_id=out.message_id,
+                    correlation_id=out.correlation_id,
+                    partner=partner,
+                    message_type=out.message_type,
+                    agreement=_id(agreement),
+                    code=code,
+                    reason=reason,
+                    attempt=out.attempt,
+                    receipt=receipt_status,
+                ),
             )
         except RelayError as exc:
             # delivered and audited; the retry will send the same bytes and get 'duplicate'
@@ -172,17 +188,28 @@ class OutboundPipeline:
     async def _prepare(self, out: Outgoing, body: bytes) -> tuple[bytes, str, Agreement | None]:
         """The signed envelope for ``out``: the stored one on a retry, else built now."""
         rt = self.rt
-        agreement = find_agreement(rt.settings.agreements, out.agreement, rt.gateway_id,
-                                   out.partner, out.message_type)
+        agreement = find_agreement(
+            rt.settings.agreements, out.agreement, rt.gateway_id, out.partner, out.message_type
+        )
         stored = await rt.store.outbox_get(out.message_id)
         if stored is not None:
             return stored[0], stored[1], agreement
         source = adapters.get(out.format)
         document = source.decode(body, message_type=out.message_type)
-        decision = await self._decide(out, agreement, source.categories(document), document,
-                                      len(body))
-        await rt.record(self._audit(out, agreement, "policy_decision", "allow", decision.code,
-                                    decision.reason, rule=decision.rule))
+        decision = await self._decide(
+            out, agreement, source.categories(document), document, len(body)
+        )
+        await rt.record(
+            self._audit(
+                out,
+                agreement,
+                "policy_decision",
+                "allow",
+                decision.code,
+                decision.reason,
+                rule=decision.rule,
+            )
+        )
         assert agreement is not None  # an allow names its agreement
         redacted = Document(
             document.message_type,
@@ -208,8 +235,9 @@ class OutboundPipeline:
         evidence, evidence_digest = canonical(root)
         digest = f"sha256:{evidence_digest}"
         await rt.store.outbox_put(out.message_id, out.partner, signed, digest)
-        await rt.audit.store_evidence(evidence_digest, "envelope", evidence,
-                                      agreement.retention_days)
+        await rt.audit.store_evidence(
+            evidence_digest, "envelope", evidence, agreement.retention_days
+        )
         if out.message_type == "maa.request":
             await rt.store.remember_request(agreement.id, rt.gateway_id, out.message_id)
         return signed, digest, agreement
@@ -229,8 +257,11 @@ class OutboundPipeline:
                 agreement.id, out.partner, out.correlation_id or ""
             )
         while True:
-            wait = (rt.limiter.check(agreement, rt.gateway_id, out.partner, time.monotonic())
-                    if agreement else 0.0)
+            wait = (
+                rt.limiter.check(agreement, rt.gateway_id, out.partner, time.monotonic())
+                if agreement
+                else 0.0
+            )
             decision = evaluate(
                 agreement,
                 PolicyRequest(
@@ -254,8 +285,17 @@ class OutboundPipeline:
             # outbound rate limits are back-pressure: wait for a token, never refuse
             await asyncio.sleep(min(wait, 5.0))
         if not decision.allowed:
-            await rt.record(self._audit(out, agreement, "policy_decision", "deny", decision.code,
-                                        decision.reason, rule=decision.rule))
+            await rt.record(
+                self._audit(
+                    out,
+                    agreement,
+                    "policy_decision",
+                    "deny",
+                    decision.code,
+                    decision.reason,
+                    rule=decision.rule,
+                )
+            )
             raise PolicyViolation(decision.reason, code=decision.code)
         return decision
 
@@ -277,16 +317,18 @@ class OutboundPipeline:
             ) from exc
         entry = next((e for e in receipt.entries if e.message_id == out.message_id), None)
         if entry is None:
-            raise DeliveryError("the receipt does not mention this message",
-                                code="DELIVERY_BAD_RECEIPT")
+            raise DeliveryError(
+                "the receipt does not mention this message", code="DELIVERY_BAD_RECEIPT"
+            )
         if entry.digest != digest:
             raise DeliveryError(
                 f"the receipt's digest {entry.digest} is not the digest of what was sent",
                 code="DELIVERY_DIGEST_MISMATCH",
             )
         evidence, receipt_digest = canonical(verified.root)
-        await rt.audit.store_evidence(receipt_digest, "receipt", evidence,
-                                      agreement.retention_days if agreement else 3650)
+        await rt.audit.store_evidence(
+            receipt_digest, "receipt", evidence, agreement.retention_days if agreement else 3650
+        )
         event = "delivered" if entry.status in ("accepted", "duplicate") else "rejected"
         await rt.record(
             AuditEvent(
@@ -315,16 +357,20 @@ class OutboundPipeline:
         exc: DeliveryError,
     ) -> None:
         rt = self.rt
-        max_attempts = agreement.delivery.max_attempts if agreement else rt.settings.delivery.max_attempts
+        max_attempts = (
+            agreement.delivery.max_attempts if agreement else rt.settings.delivery.max_attempts
+        )
         max_age = agreement.delivery.max_age_seconds if agreement else 86400
         too_old = time.time() - out.first_seen > max_age
         if out.attempt >= max_attempts or too_old or not exc.retryable:
             why = "too old" if too_old else f"after {out.attempt} attempts"
-            await self._dead(out.partner, message, out, exc.code, f"{exc.reason} ({why})",
-                             status="failed")
+            await self._dead(
+                out.partner, message, out, exc.code, f"{exc.reason} ({why})", status="failed"
+            )
             return
-        delay = delay_for(out.attempt, rt.settings.delivery.backoff_initial,
-                          rt.settings.delivery.backoff_max)
+        delay = delay_for(
+            out.attempt, rt.settings.delivery.backoff_initial, rt.settings.delivery.backoff_max
+        )
         retry_after = exc.context.get("retry_after")
         if isinstance(retry_after, int | float) and retry_after > delay:
             delay = delay_for(1, float(retry_after), rt.settings.delivery.backoff_max)
@@ -333,19 +379,41 @@ class OutboundPipeline:
         headers["x-maagw-first-seen"] = str(out.first_seen)
         headers["x-maagw-last-error"] = f"{exc.code}: {exc.reason}"[:512]
         try:
-            await rt.record(self._audit(out, agreement, "retry", "retrying", exc.code, exc.reason,
-                                        attempt=str(out.attempt), delay=str(delay)))
+            await rt.record(
+                self._audit(
+                    out,
+                    agreement,
+                    "retry",
+                    "retrying",
+                    exc.code,
+                    exc.reason,
+                    attempt=str(out.attempt),
+                    delay=str(delay),
+                )
+            )
             await rt.relay.publish(
-                rt.relay.names.retry, f"{delay}s.{out.partner}", message.body,
-                message_id=out.message_id, message_type=out.message_type,
-                correlation_id=out.correlation_id, content_type=message.content_type,
+                rt.relay.names.retry,
+                f"{delay}s.{out.partner}",
+                message.body,
+                message_id=out.message_id,
+                message_type=out.message_type,
+                correlation_id=out.correlation_id,
+                content_type=message.content_type,
                 headers=headers,
             )
             await rt.relay.publish_event(
-                out.partner, "retrying",
-                rt.event("retrying", message_id=out.message_id, correlation_id=out.correlation_id,
-                         partner=out.partner, code=exc.code, reason=exc.reason,
-                         attempt=out.attempt, next_attempt_in=delay),
+                out.partner,
+                "retrying",
+                rt.event(
+                    "retrying",
+                    message_id=out.message_id,
+                    correlation_id=out.correlation_id,
+                    partner=out.partner,
+                    code=exc.code,
+                    reason=exc.reason,
+                    attempt=out.attempt,
+                    next_attempt_in=delay,
+                ),
             )
         except RelayError as relay_exc:
             await self._requeue_later(message, relay_exc)
@@ -367,35 +435,73 @@ class OutboundPipeline:
         """Dead-letter with a reason, keep a copy, tell the back office, then ack."""
         rt = self.rt
         properties = {
-            "message_id": message.message_id, "type": message.type,
-            "correlation_id": message.correlation_id, "content_type": message.content_type,
+            "message_id": message.message_id,
+            "type": message.type,
+            "correlation_id": message.correlation_id,
+            "content_type": message.content_type,
             "headers": {k: str(v) for k, v in (message.headers or {}).items()},
         }
         try:
             dead_id = await rt.store.dead_put(
-                message_id=message.message_id, partner=partner, direction="outbound", code=code,
-                reason=reason, properties=properties, body=message.body,
+                message_id=message.message_id,
+                partner=partner,
+                direction="outbound",
+                code=code,
+                reason=reason,
+                properties=properties,
+                body=message.body,
             )
-            events = [] if audited else [
-                self._audit_raw(partner, message, out, "rejected" if status == "rejected"
-                                else "failed", code, reason)
-            ]
-            events.append(self._audit_raw(partner, message, out, "dead_lettered", code, reason,
-                                          dead_id=str(dead_id)))
+            events = (
+                []
+                if audited
+                else [
+                    self._audit_raw(
+                        partner,
+                        message,
+                        out,
+                        "rejected" if status == "rejected" else "failed",
+                        code,
+                        reason,
+                    )
+                ]
+            )
+            events.append(
+                self._audit_raw(
+                    partner, message, out, "dead_lettered", code, reason, dead_id=str(dead_id)
+                )
+            )
             await rt.record(*events)
             headers = dict(message.headers or {})
-            headers.update({"x-maagw-code": code, "x-maagw-reason": reason[:1024],
-                            "x-maagw-partner": partner, "x-maagw-dead-id": dead_id})
+            headers.update(
+                {
+                    "x-maagw-code": code,
+                    "x-maagw-reason": reason[:1024],
+                    "x-maagw-partner": partner,
+                    "x-maagw-dead-id": dead_id,
+                }
+            )
             await rt.relay.publish(
-                rt.relay.names.dlx, partner, message.body, message_id=message.message_id,
-                message_type=message.type, correlation_id=message.correlation_id,
-                content_type=message.content_type, headers=headers,
+                rt.relay.names.dlx,
+                partner,
+                message.body,
+                message_id=message.message_id,
+                message_type=message.type,
+                correlation_id=message.correlation_id,
+                content_type=message.content_type,
+                headers=headers,
             )
             await rt.relay.publish_event(
-                partner, status,
-                rt.event(status, message_id=message.message_id,
-                         correlation_id=message.correlation_id, partner=partner, code=code,
-                         reason=reason, attempt=out.attempt if out else 1),
+                partner,
+                status,
+                rt.event(
+                    status,
+                    message_id=message.message_id,
+                    correlation_id=message.correlation_id,
+                    partner=partner,
+                    code=code,
+                    reason=reason,
+                    attempt=out.attempt if out else 1,
+                ),
             )
         except RelayError as exc:
             await self._requeue_later(message, exc)
@@ -414,29 +520,54 @@ class OutboundPipeline:
         await asyncio.sleep(1.0)
         try:
             await message.nack(requeue=True)
-        except Exception:  # noqa: BLE001 - the channel is closed: the broker requeues by itself
+        except Exception:
             log.info("nack_skipped_channel_closed")
 
     def _audit(
-        self, out: Outgoing, agreement: Agreement | None, event: str, outcome: str,
-        code: str | None, reason: str | None, **details: str,
+        self,
+        out: Outgoing,
+        agreement: Agreement | None,
+        event: str,
+        outcome: str,
+        code: str | None,
+        reason: str | None,
+        **details: str,
     ) -> AuditEvent:
         return AuditEvent(
-            event=event, direction="outbound", partner=out.partner, agreement=_id(agreement),
-            message_type=out.message_type, message_id=out.message_id,
-            correlation_id=out.correlation_id, outcome=outcome, code=code, reason=reason,
+            event=event,
+            direction="outbound",
+            partner=out.partner,
+            agreement=_id(agreement),
+            message_type=out.message_type,
+            message_id=out.message_id,
+            correlation_id=out.correlation_id,
+            outcome=outcome,
+            code=code,
+            reason=reason,
             details=details,
         )
 
     def _audit_raw(
-        self, partner: str, message: AbstractIncomingMessage, out: Outgoing | None, event: str,
-        code: str, reason: str, **details: str,
+        self,
+        partner: str,
+        message: AbstractIncomingMessage,
+        out: Outgoing | None,
+        event: str,
+        code: str,
+        reason: str,
+        **details: str,
     ) -> AuditEvent:
         return AuditEvent(
-            event=event, direction="outbound", partner=partner,
-            agreement=out.agreement if out else None, message_type=message.type,
-            message_id=message.message_id, correlation_id=message.correlation_id,
-            outcome="refused" if event != "dead_lettered" else "dead", code=code, reason=reason,
+            event=event,
+            direction="outbound",
+            partner=partner,
+            agreement=out.agreement if out else None,
+            message_type=message.type,
+            message_id=message.message_id,
+            correlation_id=message.correlation_id,
+            outcome="refused" if event != "dead_lettered" else "dead",
+            code=code,
+            reason=reason,
             details=details,
         )
 

@@ -19,7 +19,6 @@ or a timeout raises ``RelayError``.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -147,8 +146,15 @@ def topology(names: Names, partners: Iterable[str]) -> dict[str, Any]:
     bindings.append((names.dlx, names.dead, ""))
     return {
         "exchanges": [
-            {"name": n, "vhost": "/", "type": t, "durable": True, "auto_delete": False,
-             "internal": False, "arguments": {}}
+            {
+                "name": n,
+                "vhost": "/",
+                "type": t,
+                "durable": True,
+                "auto_delete": False,
+                "internal": False,
+                "arguments": {},
+            }
             for n, t in exchanges
         ],
         "queues": [
@@ -156,8 +162,14 @@ def topology(names: Names, partners: Iterable[str]) -> dict[str, Any]:
             for n, a in queues
         ],
         "bindings": [
-            {"source": s, "vhost": "/", "destination": d, "destination_type": "queue",
-             "routing_key": k, "arguments": {}}
+            {
+                "source": s,
+                "vhost": "/",
+                "destination": d,
+                "destination_type": "queue",
+                "routing_key": k,
+                "arguments": {},
+            }
             for s, d, k in bindings
         ],
     }
@@ -207,14 +219,17 @@ class Relay:
                 publisher_confirms=True, on_return_raises=True
             )
             await self._declare(self._channel, topology(self.names, partners))
-        except (aiormq.exceptions.AMQPError, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiormq.exceptions.AMQPError, OSError) as exc:
             await self.close()
             raise RelayError(f"cannot reach the broker at {_safe_url(self.url)}: {exc}") from exc
         log.info("relay_connected", broker=_safe_url(self.url))
 
     async def _declare(self, channel: AbstractChannel, defs: Mapping[str, Any]) -> None:
-        types = {"direct": aio_pika.ExchangeType.DIRECT, "topic": aio_pika.ExchangeType.TOPIC,
-                 "fanout": aio_pika.ExchangeType.FANOUT}
+        types = {
+            "direct": aio_pika.ExchangeType.DIRECT,
+            "topic": aio_pika.ExchangeType.TOPIC,
+            "fanout": aio_pika.ExchangeType.FANOUT,
+        }
         for ex in defs["exchanges"]:
             self._exchanges[ex["name"]] = await channel.declare_exchange(
                 ex["name"], types[ex["type"]], durable=True
@@ -256,13 +271,18 @@ class Relay:
                 message, routing_key, mandatory=True, timeout=self.confirm_timeout
             )
         except aiormq.exceptions.PublishError as exc:
-            raise RelayError(f"{exchange}/{routing_key}: unroutable", code="RELAY_RETURNED") from exc
+            raise RelayError(
+                f"{exchange}/{routing_key}: unroutable", code="RELAY_RETURNED"
+            ) from exc
         except aiormq.exceptions.DeliveryError as exc:
-            raise RelayError(f"{exchange}/{routing_key}: the broker refused the message",
-                             code="RELAY_NACKED") from exc
-        except (aiormq.exceptions.AMQPError, OSError, RuntimeError, asyncio.TimeoutError) as exc:
-            raise RelayError(f"{exchange}/{routing_key}: publish not confirmed ({exc!r})",
-                             code="RELAY_UNCONFIRMED") from exc
+            raise RelayError(
+                f"{exchange}/{routing_key}: the broker refused the message", code="RELAY_NACKED"
+            ) from exc
+        except (TimeoutError, aiormq.exceptions.AMQPError, OSError, RuntimeError) as exc:
+            raise RelayError(
+                f"{exchange}/{routing_key}: publish not confirmed ({exc!r})",
+                code="RELAY_UNCONFIRMED",
+            ) from exc
 
     async def publish_event(self, partner: str, status: str, event: Mapping[str, Any]) -> None:
         """A status event for the back office, as JSON on the events exchange."""

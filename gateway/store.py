@@ -74,7 +74,6 @@ ClaimResult = Literal["claimed", "published", "in_flight"]
 #: duplicate)
 
 
-
 class StoreError(GatewayError):
     """The state store could not be read or written."""
 
@@ -181,7 +180,9 @@ class Store:
 
     # -- inbound duplicate claims -------------------------------------------------------------
 
-    async def claim(self, sender: str, message_id: str, digest: str, *, stale_after: float) -> Claim:
+    async def claim(
+        self, sender: str, message_id: str, digest: str, *, stale_after: float
+    ) -> Claim:
         """Claim (sender, message id) atomically before publishing.
 
         ``claimed``: this caller owns it and must publish, then ``mark_published`` (or
@@ -228,8 +229,10 @@ class Store:
         so the next claim is told to mark its publish as a possible duplicate.
         """
         if uncertain:
-            sql = ("UPDATE claims SET state = 'uncertain' "
-                   "WHERE sender = ? AND message_id = ? AND state = 'claimed'")
+            sql = (
+                "UPDATE claims SET state = 'uncertain' "
+                "WHERE sender = ? AND message_id = ? AND state = 'claimed'"
+            )
         else:
             sql = "DELETE FROM claims WHERE sender = ? AND message_id = ? AND state = 'claimed'"
         await self._run(self._tx, lambda db: db.execute(sql, (sender, message_id)))
@@ -238,9 +241,11 @@ class Store:
         """Forget published claims older than the retention (seconds since the epoch)."""
         return await self._run(
             self._tx,
-            lambda db: db.execute(
-                "DELETE FROM claims WHERE state = 'published' AND claimed < ?", (older_than,)
-            ).rowcount,
+            lambda db: (
+                db.execute(
+                    "DELETE FROM claims WHERE state = 'published' AND claimed < ?", (older_than,)
+                ).rowcount
+            ),
         )
 
     # -- known requests -----------------------------------------------------------------
@@ -261,7 +266,8 @@ class Store:
         def q(db: sqlite3.Connection) -> bool:
             return (
                 db.execute(
-                    "SELECT 1 FROM requests WHERE agreement = ? AND requester = ? AND message_id = ?",
+                    "SELECT 1 FROM requests "
+                    "WHERE agreement = ? AND requester = ? AND message_id = ?",
                     (agreement, requester, message_id),
                 ).fetchone()
                 is not None
@@ -288,8 +294,16 @@ class Store:
             cur = db.execute(
                 "INSERT INTO dead (message_id, partner, direction, code, reason, properties, "
                 "body, dead_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (message_id, partner, direction, code, reason,
-                 json.dumps(properties, default=str, sort_keys=True), body, time.time()),
+                (
+                    message_id,
+                    partner,
+                    direction,
+                    code,
+                    reason,
+                    json.dumps(properties, default=str, sort_keys=True),
+                    body,
+                    time.time(),
+                ),
             )
             return int(cur.lastrowid or 0)
 
@@ -322,7 +336,14 @@ class Store:
 
 def _dead(row: tuple[Any, ...]) -> DeadLetter:
     return DeadLetter(
-        id=row[0], message_id=row[1], partner=row[2], direction=row[3], code=row[4],
-        reason=row[5], properties=json.loads(row[6]), body=bytes(row[7]), dead_at=row[8],
+        id=row[0],
+        message_id=row[1],
+        partner=row[2],
+        direction=row[3],
+        code=row[4],
+        reason=row[5],
+        properties=json.loads(row[6]),
+        body=bytes(row[7]),
+        dead_at=row[8],
         replayed_at=row[9],
     )

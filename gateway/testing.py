@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import time
@@ -63,16 +64,12 @@ async def delete_topology(url: str, names: Names, partners: Sequence[str]) -> No
     try:
         for q in defs["queues"]:
             channel = await connection.channel()
-            try:
+            with contextlib.suppress(aio_pika.exceptions.AMQPError):
                 await channel.queue_delete(q["name"])
-            except aio_pika.exceptions.AMQPError:
-                pass
         for ex in defs["exchanges"]:
             channel = await connection.channel()
-            try:
+            with contextlib.suppress(aio_pika.exceptions.AMQPError):
                 await channel.exchange_delete(ex["name"])
-            except aio_pika.exceptions.AMQPError:
-                pass
     finally:
         await connection.close()
 
@@ -104,14 +101,20 @@ class BackOffice:
         hdrs: dict[str, Any] = {"x-maagw-format": fmt}
         hdrs.update(headers or {})
         await exchange.publish(
-            aio_pika.Message(body, message_id=message_id, type=message_type,
-                             correlation_id=correlation_id, headers=hdrs,
-                             delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+            aio_pika.Message(
+                body,
+                message_id=message_id,
+                type=message_type,
+                correlation_id=correlation_id,
+                headers=hdrs,
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            ),
             routing_key=partner,
         )
 
-    async def drain(self, queue_base: str, *, want: int | None = None,
-                    timeout: float = 20.0, idle: float = 1.0) -> list[aio_pika.abc.AbstractIncomingMessage]:
+    async def drain(
+        self, queue_base: str, *, want: int | None = None, timeout: float = 20.0, idle: float = 1.0
+    ) -> list[aio_pika.abc.AbstractIncomingMessage]:
         """Take messages from one of this administration's queues until ``want`` or idle."""
         queue = await self.channel.get_queue(self.settings.name_of(queue_base))
         got: list[aio_pika.abc.AbstractIncomingMessage] = []
@@ -143,8 +146,9 @@ def provision_pair(root: Path, *, tag: str = "t") -> dict[str, Settings]:
     from gateway.demo import provision
 
     base = unique_prefix(tag)
-    prov = provision(root, RABBITMQ_URL, prefixes={"XA": base + "xa.", "XB": base + "xb."},
-                     extra={})
+    prov = provision(
+        root, RABBITMQ_URL, prefixes={"XA": base + "xa.", "XB": base + "xb."}, extra={}
+    )
     return {gid: load_settings(p.config) for gid, p in prov.items()}
 
 
@@ -158,7 +162,8 @@ def start_gateway_process(config: Path, log_path: Path) -> Any:
     log = log_path.open("ab")
     proc = subprocess.Popen(
         [sys.executable, "-m", "gateway", "--log-format", "json", "serve", "--config", str(config)],
-        stdout=log, stderr=subprocess.STDOUT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     url = f"http://{settings.admin.host}:{settings.admin.port}/healthz"
     deadline = time.monotonic() + 30
@@ -166,7 +171,7 @@ def start_gateway_process(config: Path, log_path: Path) -> Any:
         if proc.poll() is not None:
             raise RuntimeError(f"gateway exited with {proc.returncode}; see {log_path}")
         try:
-            with urllib.request.urlopen(url, timeout=1):  # noqa: S310 - loopback URL we built
+            with urllib.request.urlopen(url, timeout=1):
                 return proc
         except OSError:
             time.sleep(0.2)
@@ -180,13 +185,20 @@ def close_broker_connections(name_contains: str) -> int:
 
     out = subprocess.run(
         ["rabbitmqctl", "-q", "list_connections", "pid", "client_properties"],
-        capture_output=True, text=True, check=True, timeout=30,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
     ).stdout
     closed = 0
     for line in out.splitlines():
         if name_contains in line:
             pid = line.split("\t", 1)[0]
-            subprocess.run(["rabbitmqctl", "-q", "close_connection", pid, "test fault injection"],
-                           capture_output=True, check=False, timeout=30)
+            subprocess.run(
+                ["rabbitmqctl", "-q", "close_connection", pid, "test fault injection"],
+                capture_output=True,
+                check=False,
+                timeout=30,
+            )
             closed += 1
     return closed

@@ -70,20 +70,20 @@ class PartnerTrust:
 class TrustStore:
     """Every partner's CAs, pins, signing certificates and CRL; immutable once built.
 
-    Reload builds a new store and swaps it in; ``carried`` maps the client
-    certificates (DER) of connections kept open across the reload to the
-    partner they were authenticated as.
+    Reload builds a new store and swaps it in, after ``carry`` has told it the
+    client certificates (DER) of connections kept open and their partners.
     """
 
-    def __init__(
-        self, partners: Mapping[str, Partner], *, carried: Mapping[bytes, str] | None = None
-    ) -> None:
+    def __init__(self, partners: Mapping[str, Partner]) -> None:
         self.partners: dict[str, PartnerTrust] = {
             pid: _load_partner(p) for pid, p in partners.items()
         }
         self._memo: dict[bytes, tuple[str, datetime]] = {}
         self._carried: dict[bytes, tuple[str, datetime]] = {}
-        for der, partner in (carried or {}).items():
+
+    def carry(self, identities: Mapping[bytes, str]) -> None:
+        """Keep the identities of connections left open across a reload (until expiry)."""
+        for der, partner in identities.items():
             if partner in self.partners:
                 cert = x509.load_der_x509_certificate(der)
                 self._carried[der] = (partner, cert.not_valid_after_utc)
@@ -237,7 +237,8 @@ def check_certificate(
     now = now or datetime.now(UTC)
     if now < cert.not_valid_before_utc:
         raise AuthError(
-            f"certificate {_subject(cert)} is not valid before {cert.not_valid_before_utc:%Y-%m-%d}",
+            f"certificate {_subject(cert)} is not valid before "
+            f"{cert.not_valid_before_utc:%Y-%m-%d}",
             code="AUTH_NOT_YET_VALID",
             partner=trust.partner_id,
         )

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from structlog.testing import capture_logs
 
 from gateway import audit as audit_module
 from gateway.audit import AuditEvent, AuditLog, SearchFilter, verify_bundle
@@ -303,9 +304,10 @@ async def test_failed_write_raises_and_leaves_no_hole(audit_url: str) -> None:
     try:
         first = await log.append(ev(1))
         log._store.write_batch = failing  # type: ignore[method-assign]
-        with pytest.raises(AuditError) as info:
+        with capture_logs() as logs, pytest.raises(AuditError) as info:
             await log.append(ev(2))
         assert info.value.code == "AUDIT_STORE_FAILED"
+        assert [e["event"] for e in logs] == ["audit_write_failed"]
         log._store.write_batch = real  # type: ignore[method-assign]
         assert await log.append(ev(3)) == first + 1
     finally:

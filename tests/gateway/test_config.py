@@ -40,8 +40,11 @@ def test_the_shipped_example_configuration_is_valid(example: Path) -> None:
 
 def test_environment_overrides_the_broker_and_listen_addresses(example: Path) -> None:
     """MAAGW_* variables override the file."""
-    env = {"MAAGW_BROKER_URL": "amqp://u:p@broker.example:5672/", "MAAGW_PARTNER_API_PORT": "7443",
-           "MAAGW_ADMIN_HOST": "127.0.0.2"}
+    env = {
+        "MAAGW_BROKER_URL": "amqp://u:p@broker.example:5672/",
+        "MAAGW_PARTNER_API_PORT": "7443",
+        "MAAGW_ADMIN_HOST": "127.0.0.2",
+    }
     settings = load_settings(example, env=env)
     assert settings.broker.url == env["MAAGW_BROKER_URL"]
     assert settings.partner_api.port == 7443

@@ -10,6 +10,7 @@ import uuid
 from pathlib import Path
 
 import aio_pika
+
 from gateway.app import Gateway
 from gateway.config import Settings
 from gateway.testing import BackOffice
@@ -74,7 +75,7 @@ async def test_message_waits_in_the_broker_while_the_partner_is_down(
         held = await bo_a.count(names.outbound_queue("XB"))
         for delay in (1, 2, 5, 10):
             held += await bo_a.count(names.retry_queue(delay))
-        unacked = len(xa._outbound._inflight) if xa._outbound else 0  # noqa: SLF001
+        unacked = len(xa._outbound._inflight) if xa._outbound else 0
         assert held + unacked == 1
         xb = Gateway(pair["XB"])
         await xb.start()
@@ -104,8 +105,9 @@ async def test_a_client_without_certificate_gets_no_http_response(
             with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
                 try:
                     with ctx.wrap_socket(raw, server_hostname="gw.xb.test") as tls:
-                        tls.sendall(b"POST /v1/messages HTTP/1.1\r\nHost: x\r\n"
-                                    b"Content-Length: 0\r\n\r\n")
+                        tls.sendall(
+                            b"POST /v1/messages HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+                        )
                         return tls.recv(1024)
                 except (ssl.SSLError, ConnectionResetError, BrokenPipeError):
                     return b""

@@ -19,16 +19,15 @@ import pytest
 
 from gateway.app import Gateway
 from gateway.config import Settings, load_settings
+from gateway.demo import provision
+from gateway.relay import Names
 from gateway.testing import (
-    RABBITMQ_URL,
     BackOffice,
     close_broker_connections,
     delete_topology,
     start_gateway_process,
     unique_prefix,
 )
-from gateway.demo import provision
-from gateway.relay import Names
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 REQUEST = (EXAMPLES / "national-json" / "maa.request.json").read_bytes()
@@ -44,11 +43,18 @@ async def fast_pair(tmp_path: Path, rabbitmq: str) -> Any:
     agreements.mkdir()
     source = Path(__file__).resolve().parents[2] / "config" / "agreements" / "xa-xb-maa.toml"
     (agreements / "xa-xb-maa.toml").write_text(
-        source.read_text().replace("rate_per_minute = 600", "rate_per_minute = 600000")
+        source.read_text()
+        .replace("rate_per_minute = 600", "rate_per_minute = 600000")
+        .replace("max_attempts = 8", "max_attempts = 1000")
     )
     base = unique_prefix("relay")
-    prov = provision(tmp_path / "gw", rabbitmq, prefixes={"XA": base + "xa.", "XB": base + "xb."},
-                     agreements_dir=agreements, extra={"delivery": FAST_RETRIES})
+    prov = provision(
+        tmp_path / "gw",
+        rabbitmq,
+        prefixes={"XA": base + "xa.", "XB": base + "xb."},
+        agreements_dir=agreements,
+        extra={"delivery": FAST_RETRIES},
+    )
     settings = {gid: load_settings(p.config) for gid, p in prov.items()}
     yield settings, prov
     for s in settings.values():
@@ -145,11 +151,16 @@ async def test_broker_connections_dropped_mid_run_lose_nothing(fast_pair: Any) -
         assert not lost, f"{len(lost)} lost"
         for mid, count in dups.items():
             # one copy is the original; every further copy must carry the mark
-            marked = [m for m in copies if m.message_id == mid
-                      and (m.headers or {}).get("x-maagw-possible-duplicate")]
+            marked = [
+                m
+                for m in copies
+                if m.message_id == mid and (m.headers or {}).get("x-maagw-possible-duplicate")
+            ]
             assert len(marked) >= count - 1, f"{mid} arrived {count} times, {len(marked)} marked"
-        print(f"\nconnections dropped: {closed}; delivered {len(set(m.message_id for m in got))}"
-              f"/2000; duplicates: {sum(c - 1 for c in dups.values())}")
+        print(
+            f"\nconnections dropped: {closed}; delivered {len(set(m.message_id for m in got))}"
+            f"/2000; duplicates: {sum(c - 1 for c in dups.values())}"
+        )
         assert xa.runtime.relay.ready and xb.runtime.relay.ready
     finally:
         await office_a.channel.close()
@@ -158,7 +169,9 @@ async def test_broker_connections_dropped_mid_run_lose_nothing(fast_pair: Any) -
         await xb.stop()
 
 
-async def test_kill_9_of_the_sender_loses_and_doubles_nothing(fast_pair: Any, tmp_path: Path) -> None:
+async def test_kill_9_of_the_sender_loses_and_doubles_nothing(
+    fast_pair: Any, tmp_path: Path
+) -> None:
     """Gateway XA killed with SIGKILL mid-run and restarted: every message arrives exactly once."""
     settings, prov = fast_pair
     xb = Gateway(settings["XB"])
@@ -214,7 +227,8 @@ async def test_a_poison_message_is_dead_lettered_and_the_queue_keeps_flowing(
         assert [m.message_id for m in got] == [good]
         events = [json.loads(m.body) for m in await office_a.drain("maagw.events", want=2)]
         assert {(e["message_id"], e["status"]) for e in events} == {
-            (poison, "rejected"), (good, "delivered")
+            (poison, "rejected"),
+            (good, "delivered"),
         }
         kept = await xa.runtime.store.dead_list()
         assert [(d.message_id, d.code) for d in kept] == [(poison, "TRANSLATE_DECODE")]
@@ -226,8 +240,13 @@ async def test_a_poison_message_is_dead_lettered_and_the_queue_keeps_flowing(
 
 
 def _unacked(queue: str) -> int:
-    out = subprocess.run(["rabbitmqctl", "-q", "list_queues", "name", "messages_unacknowledged"],
-                         capture_output=True, text=True, check=True, timeout=30).stdout
+    out = subprocess.run(
+        ["rabbitmqctl", "-q", "list_queues", "name", "messages_unacknowledged"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    ).stdout
     for line in out.splitlines():
         name, _, count = line.partition("\t")
         if name == queue:
@@ -293,8 +312,9 @@ def test_the_shipped_definitions_import_into_a_real_rabbitmq(rabbitmq: str) -> N
     defs["vhosts"] = [{"name": vhost}]
 
     def ctl(*args: str) -> str:
-        return subprocess.run(["rabbitmqctl", "-q", *args], capture_output=True, text=True,
-                              check=True, timeout=60).stdout
+        return subprocess.run(
+            ["rabbitmqctl", "-q", *args], capture_output=True, text=True, check=True, timeout=60
+        ).stdout
 
     ctl("add_vhost", vhost)
     try:

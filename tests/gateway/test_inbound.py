@@ -1,0 +1,85 @@
+"""Unit tests of gateway/inbound.py: reading the body within its limit, peeking at message ids.
+
+The whole pipeline against real TLS, RabbitMQ and signatures is exercised in
+``tests/integration/test_inbound_security.py`` and ``test_policy_flow.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from unittest import mock
+
+import pytest
+from aiohttp import streams
+from aiohttp.test_utils import make_mocked_request
+from lxml import etree
+
+from gateway.inbound import _peek_message_id, read_body
+
+LIMIT = 1000
+
+
+def _request(chunks: list[bytes], content_length: int | None, *, eof: bool = True) -> object:
+    """A request whose body stream holds ``chunks`` (and ends if ``eof``)."""
+    protocol = mock.Mock(_reading_paused=False)
+    payload = streams.StreamReader(protocol, 2**16, loop=asyncio.get_running_loop())
+    for chunk in chunks:
+        payload.feed_data(chunk)
+    if eof:
+        payload.feed_eof()
+    headers = (
+        {"Content-Length": str(content_length)}
+        if content_length is not None
+        else {"Transfer-Encoding": "chunked"}
+    )
+    return make_mocked_request("POST", "/v1/messages", headers=headers, payload=payload)
+
+
+@pytest.mark.parametrize(
+    ("chunks", "declared", "expected"),
+    [
+        ([b"a" * 10, b"b" * 5], 15, b"a" * 10 + b"b" * 5),
+        ([b"a" * 10, b"b" * 5], None, b"a" * 10 + b"b" * 5),
+        ([b"x" * LIMIT], LIMIT, b"x" * LIMIT),
+        ([b"x" * LIMIT], None, b"x" * LIMIT),
+        ([b"x" * (LIMIT - 1), b"yy"], None, None),
+        ([], 0, b""),
+    ],
+    ids=["declared", "chunked", "declared-at-limit", "chunked-at-limit", "chunked-over", "empty"],
+)
+async def test_read_body_returns_the_body_within_the_limit_and_none_past_it(
+    chunks: list[bytes], declared: int | None, expected: bytes | None
+) -> None:
+    """Bodies up to the limit are returned whole; a body past it gives None."""
+    assert await read_body(_request(chunks, declared), LIMIT) == expected  # type: ignore[arg-type]
+
+
+async def test_read_body_refuses_a_declared_length_before_reading() -> None:
+    """An over-long Content-Length is refused at once, while no body byte has arrived."""
+    request = _request([], LIMIT + 1, eof=False)
+    assert await asyncio.wait_for(read_body(request, LIMIT), 1) is None  # type: ignore[arg-type]
+
+
+async def test_read_body_stops_a_chunked_body_without_waiting_for_its_end() -> None:
+    """A chunked body is refused as soon as it passes the limit, its end never sent."""
+    request = _request([b"x" * 600, b"y" * 600], None, eof=False)
+    assert await asyncio.wait_for(read_body(request, LIMIT), 1) is None  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("xml", "expected"),
+    [
+        (b"<Header><MessageId>m-1</MessageId></Header>", "m-1"),
+        (b"<Header><MessageId> m-<!--x-->2 </MessageId></Header>", "m-2"),
+        (b"<Header/>", None),
+        (b"<Header><MessageId></MessageId></Header>", None),
+        (b"<Header><MessageId>" + b"m" * 129 + b"</MessageId></Header>", None),
+        (b"<Header><MessageId>a&#10;b</MessageId></Header>", None),
+    ],
+    ids=["plain", "comment", "missing", "empty", "too-long", "unprintable"],
+)
+def test_peek_message_id_reads_only_a_plausible_id(xml: bytes, expected: str | None) -> None:
+    """The id quoted in a rejection of an unverified envelope is whole, short and printable."""
+    ns = b'xmlns="urn:maagw:envelope:1"'
+    root = etree.fromstring(b"<Envelope " + ns + b">" + xml + b"</Envelope>")
+    assert _peek_message_id(root) == expected
