@@ -158,7 +158,7 @@ def server_context(settings: Settings) -> ssl.SSLContext:
 
 
 TARGET = web.AppKey("admin_target", AdminTarget)
-ACTOR = "admin_actor"
+ACTOR = web.RequestKey("admin_actor", str)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

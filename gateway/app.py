@@ -188,6 +188,8 @@ class Gateway:
         """Load material, connect the broker, open the stores, listen, consume."""
         s = self.settings
         self.admin_auth = admin.AdminAuth.load(s)
+        if s.preload_schemas:
+            await asyncio.to_thread(_preload_adapters)
         trust = TrustStore(s.partners)
         self.server_context = trust.server_context(s.tls)
         self._own_certs = own_certificates(s)
@@ -200,7 +202,7 @@ class Gateway:
             Names(s.broker.prefix),
             confirm_timeout=s.broker.confirm_timeout,
             prefetch=s.delivery.concurrency,
-            connection_name=f"maagw-{s.gateway_id}",
+            connection_name=f"maagw-{s.broker.prefix}{s.gateway_id}",
         )
         try:
             await relay.connect(s.partners)
@@ -532,6 +534,13 @@ class Gateway:
 
 async def _ping(request: web.Request) -> web.Response:
     """``GET /v1/ping``: 204 for an authenticated partner (liveness of the link; benchmarks)."""
+    transport = request.transport
+    try:
+        request.app[RUNTIME].trust.identify(
+            peer_der(transport.get_extra_info("ssl_object") if transport else None)
+        )
+    except AuthError:
+        raise web.HTTPForbidden() from None
     return web.Response(status=204)
 
 
@@ -577,6 +586,17 @@ def _address(peer: Any) -> str:
 
 def _is_loopback(host: str) -> bool:
     return host in {"127.0.0.1", "::1", "localhost"} or host.startswith("127.")
+
+
+def _preload_adapters() -> None:
+    """Build every adapter's schemas now, so that no message waits for one."""
+    import adapters
+
+    for name in adapters.available():
+        preload = getattr(adapters.get(name), "preload", None)
+        if callable(preload):
+            preload()
+    log.info("schemas_preloaded", adapters=adapters.available())
 
 
 def free_port(host: str = "127.0.0.1") -> int:

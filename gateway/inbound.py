@@ -18,6 +18,8 @@ released: the sender keeps the message and tries again.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import time
@@ -60,6 +62,8 @@ EMPTY_DIGEST = "sha256:" + hashlib.sha256(b"").hexdigest()
 RETRY_AFTER_SECONDS = 5.0
 #: bytes read from the body at a time
 READ_CHUNK = 64 * 1024
+#: how long the rest of a refused, over-long body is read and dropped before closing
+LINGER_SECONDS = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -391,12 +395,28 @@ async def handle_messages(request: web.Request) -> web.Response:
                 code="SIZE_LIMIT",
             ),
         )
-        response = await pipeline.answer(partner, outcome)
-        # the rest of the body is not read: close the connection after this answer
-        response.force_close()
-        return response
+        return await answer_and_close(request, await pipeline.answer(partner, outcome))
     outcome = await pipeline.process(partner, body)
     return await pipeline.answer(partner, outcome)
+
+
+async def answer_and_close(request: web.Request, response: web.Response) -> web.Response:
+    """Send ``response`` now, drop what the client still sends for a moment, then close.
+
+    The refused body is never read as such. Closing a socket with unread data makes the
+    kernel reset the connection, which can destroy the answer before the client has
+    read it; so the rest is read and discarded, but only for ``LINGER_SECONDS`` (aiohttp
+    would linger ten seconds, holding the connection and a shutdown that long).
+    """
+    response.force_close()
+    await response.prepare(request)
+    await response.write_eof()
+    with contextlib.suppress(TimeoutError, ConnectionError, web.HTTPException):
+        async with asyncio.timeout(LINGER_SECONDS):
+            while await request.content.readany():
+                pass
+    request.protocol.force_close()
+    return response
 
 
 async def read_body(request: web.BaseRequest, limit: int) -> bytes | None:

@@ -82,10 +82,12 @@ def test_a_certificate_from_another_partners_ca_claiming_xa_is_never_xa(
     xa_client = world.root / "XA" / "certs" / "client.pem"
     xc_client = world.root / "XC" / "certs" / "client.pem"
     impostor = world.issue("XC", "XA")
-    trust = TrustStore({
-        "XA": world.partner("XA", xa_client),
-        "XC": world.partner("XC", *([xc_client] if xc_pinned else [])),
-    })
+    trust = TrustStore(
+        {
+            "XA": world.partner("XA", xa_client),
+            "XC": world.partner("XC", *([xc_client] if xc_pinned else [])),
+        }
+    )
     try:
         got = trust.authenticate(world.der(impostor))
     except AuthError as exc:
@@ -181,7 +183,9 @@ def test_signing_certificates_exclude_revoked_ones(world: World) -> None:
 def test_signing_certificates_all_refused_raise_the_reason(world: World) -> None:
     """When every signing certificate is revoked the refusal names the revocation."""
     only = world.issue("XA", "signing", kind="signing")
-    trust = TrustStore({"XA": world.partner("XA", signing_certs=(only,), crl=world.crl("XA", only))})
+    trust = TrustStore(
+        {"XA": world.partner("XA", signing_certs=(only,), crl=world.crl("XA", only))}
+    )
     with pytest.raises(AuthError) as caught:
         trust.signing_certs("XA")
     assert caught.value.code == "AUTH_REVOKED"

@@ -340,3 +340,45 @@ def test_the_shipped_definitions_import_into_a_real_rabbitmq(rabbitmq: str) -> N
             assert f"{ex['name']}\t{ex['type']}" in exchanges
     finally:
         ctl("delete_vhost", vhost)
+
+
+async def test_sigterm_finishes_in_flight_work_and_loses_nothing(
+    fast_pair: Any, tmp_path: Path
+) -> None:
+    """SIGTERM mid-run: the sender exits cleanly within its bound; after a restart every message arrives once."""
+    settings, prov = fast_pair
+    xb = Gateway(settings["XB"])
+    await xb.start()
+    office_a, office_b = await _office(settings["XA"]), await _office(settings["XB"])
+    log = tmp_path / "xa.log"
+    proc = await asyncio.to_thread(start_gateway_process, prov["XA"].config, log)
+    try:
+        ids = await _publish_many(office_a, 600, "term")
+        inbound = settings["XB"].name_of("maagw.inbound")
+        for _ in range(600):
+            declared = await office_b.channel.declare_queue(inbound, passive=True)
+            if (declared.declaration_result.message_count or 0) >= 100:
+                break
+            await asyncio.sleep(0.05)
+        started = asyncio.get_running_loop().time()
+        proc.send_signal(signal.SIGTERM)
+        code = await asyncio.to_thread(proc.wait, 30)
+        took = asyncio.get_running_loop().time() - started
+        assert code == 0, log.read_text()[-2000:]
+        assert took < 20
+        assert b"gateway_stopped" in log.read_bytes()
+        proc = await asyncio.to_thread(start_gateway_process, prov["XA"].config, log)
+        got = await _collect(office_b, set(ids), timeout=120)
+        lost, dups, _ = _account(got, set(ids))
+        assert not lost, f"{len(lost)} lost"
+        assert not dups, f"duplicated downstream: {dups}"
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.to_thread(proc.wait, 20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        await office_a.channel.close()
+        await office_b.channel.close()
+        await xb.stop()

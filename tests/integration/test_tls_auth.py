@@ -167,8 +167,9 @@ async def _audited(xb: Gateway, event: str, code: str, timeout: float = 3.0) -> 
 
 
 async def _counted(xb: Gateway, code: str, timeout: float = 3.0) -> int:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while xb.handshake_failures[code] == 0 and asyncio.get_running_loop().time() < deadline:
+    for _ in range(int(timeout / 0.05)):
+        if xb.handshake_failures[code]:
+            break
         await asyncio.sleep(0.05)
     return xb.handshake_failures[code]
 
