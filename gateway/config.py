@@ -127,6 +127,10 @@ class Partner(_Model):
     signing_certs: tuple[Path, ...] = ()
     crl: Path | None = None
     crl_stale: Literal["refuse", "warn"] = "refuse"
+    #: envelopes per request on this link (1 = one by one, for partners without batching)
+    batch_max: int = Field(default=1, ge=1, le=1000)
+    #: how long the sender gathers a batch
+    batch_wait_ms: float = Field(default=5.0, ge=0, le=1000)
 
     @field_validator("tls_pins")
     @classmethod

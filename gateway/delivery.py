@@ -8,6 +8,7 @@ certificate is checked against the partner's pins and CRL.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -63,14 +64,29 @@ class PartnerClient:
         return session
 
     async def post(self, partner_id: str, body: bytes, *, path: str = MESSAGES_PATH) -> Answer:
-        """Send ``body``; return the partner's answer or raise ``DeliveryError``."""
+        """Send one signed envelope; return the partner's answer or raise ``DeliveryError``."""
+        return await self._post(partner_id, body, "application/xml", path)
+
+    async def post_batch(self, partner_id: str, envelopes: list[bytes]) -> Answer:
+        """Send several signed envelopes in one ``multipart/mixed`` request.
+
+        Each part is one envelope exactly as signed; the partner answers with one
+        signed receipt list.
+        """
+        boundary = f"maagw-{uuid.uuid4().hex}"
+        body = encode_multipart(envelopes, boundary)
+        return await self._post(
+            partner_id, body, f'multipart/mixed; boundary="{boundary}"', MESSAGES_PATH
+        )
+
+    async def _post(self, partner_id: str, body: bytes, content_type: str, path: str) -> Answer:
         partner = self._partners[partner_id]
         url = partner.url.rstrip("/") + path
         try:
             async with self._session(partner_id).post(
                 url,
                 data=body,
-                headers={"Content-Type": "application/xml"},
+                headers={"Content-Type": content_type},
                 server_hostname=partner.server_name or None,
             ) as resp:
                 self._check_server(partner_id, resp)
@@ -109,6 +125,16 @@ class PartnerClient:
         for session in self._sessions.values():
             await session.close()
         self._sessions.clear()
+
+
+def encode_multipart(parts: list[bytes], boundary: str) -> bytes:
+    """A ``multipart/mixed`` body whose parts are the given XML documents (RFC 2046)."""
+    delimiter = f"--{boundary}\r\n".encode()
+    chunks: list[bytes] = []
+    for part in parts:
+        chunks += [delimiter, b"Content-Type: application/xml\r\n\r\n", part, b"\r\n"]
+    chunks.append(f"--{boundary}--\r\n".encode())
+    return b"".join(chunks)
 
 
 def _retry_after(value: str | None) -> float | None:

@@ -33,7 +33,7 @@ from aio_pika.abc import AbstractIncomingMessage
 
 import adapters
 from adapters.base import Document
-from gateway import envelope, signing, xmlsafe
+from gateway import envelope, signing, tasks, xmlsafe
 from gateway.audit import AuditEvent
 from gateway.envelope import Header
 from gateway.errors import (
@@ -94,12 +94,96 @@ class Outgoing:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class VerifiedReceipt:
+    """A partner's receipt list whose signature held, with its evidence form."""
+
+    receipt: envelope.Receipt
+    evidence: bytes
+    digest: str
+
+
+class Batcher:
+    """Gathers one partner's envelopes for at most ``wait`` seconds or ``size`` items.
+
+    Each envelope keeps its own signature; the partner answers the batch with one
+    signed receipt list, which is verified once and handed to every waiting message.
+    """
+
+    def __init__(self, pipeline: OutboundPipeline, partner: str, size: int, wait: float) -> None:
+        self._pipeline = pipeline
+        self._partner = partner
+        self._size = size
+        self._wait = wait
+        self._pending: list[tuple[bytes, asyncio.Future[VerifiedReceipt]]] = []
+        self._timer: asyncio.TimerHandle | None = None
+
+    async def send(self, signed: bytes) -> VerifiedReceipt:
+        """Add an envelope to the next batch and wait for that batch's receipt."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[VerifiedReceipt] = loop.create_future()
+        self._pending.append((signed, future))
+        if len(self._pending) >= self._size:
+            self._flush()
+        elif self._timer is None:
+            self._timer = loop.call_later(self._wait, self._flush)
+        return await future
+
+    def _flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        batch, self._pending = self._pending, []
+        if batch:
+            tasks.spawn(self._post(batch), name=f"batch-{self._partner}")
+
+    async def _post(self, batch: list[tuple[bytes, asyncio.Future[VerifiedReceipt]]]) -> None:
+        try:
+            verified = await self._pipeline.post_and_verify(
+                self._partner, [signed for signed, _ in batch]
+            )
+        except Exception as exc:  # handed to every waiting message
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+        else:
+            for _, future in batch:
+                if not future.done():
+                    future.set_result(verified)
+        log.debug("batch_sent", partner=self._partner, size=len(batch))
+
+
 class OutboundPipeline:
     """Handles messages for partners; one instance per gateway."""
 
     def __init__(self, runtime: Runtime) -> None:
         self.rt = runtime
         self._inflight: set[asyncio.Task[Any]] = set()
+        self._batchers: dict[str, Batcher] = {
+            pid: Batcher(self, pid, p.batch_max, p.batch_wait_ms / 1000)
+            for pid, p in runtime.settings.partners.items()
+            if p.batch_max > 1
+        }
+
+    async def post_and_verify(self, partner: str, envelopes: list[bytes]) -> VerifiedReceipt:
+        """POST one envelope, or several as a batch; verify the signed receipt list once."""
+        rt = self.rt
+        if len(envelopes) == 1:
+            answer = await rt.client.post(partner, envelopes[0])
+        else:
+            answer = await rt.client.post_batch(partner, envelopes)
+        try:
+            root = xmlsafe.parse(answer.body)
+            verified = signing.verify(root, rt.trust.signing_certs(partner))
+            receipt = envelope.parse_receipt(verified.root)
+        except GatewayError as exc:
+            raise DeliveryError(
+                f"answer {answer.status} from {partner} is not a valid signed receipt: "
+                f"{exc.code}: {exc.reason}",
+                code="DELIVERY_BAD_RECEIPT",
+            ) from exc
+        evidence, digest = canonical(verified.root)
+        return VerifiedReceipt(receipt, evidence, digest)
 
     def handler(self, partner: str) -> Any:
         """The consumer callback for one partner's queue."""
@@ -191,6 +275,8 @@ class OutboundPipeline:
         agreement = find_agreement(
             rt.settings.agreements, out.agreement, rt.gateway_id, out.partner, out.message_type
         )
+        if agreement is not None:
+            structlog.contextvars.bind_contextvars(agreement=agreement.id)
         stored = await rt.store.outbox_get(out.message_id)
         if stored is not None:
             return stored[0], stored[1], agreement
@@ -256,34 +342,23 @@ class OutboundPipeline:
             answers = bool(out.correlation_id) and await rt.store.knows_request(
                 agreement.id, out.partner, out.correlation_id or ""
             )
-        while True:
-            wait = (
-                rt.limiter.check(agreement, rt.gateway_id, out.partner, time.monotonic())
-                if agreement
-                else 0.0
-            )
-            decision = evaluate(
-                agreement,
-                PolicyRequest(
-                    direction="outbound",
-                    sender=rt.gateway_id,
-                    receiver=out.partner,
-                    message_type=out.message_type,
-                    categories=categories,
-                    declared_categories=None,
-                    size=size,
-                    payload_format=out.format,
-                    at=datetime.now(UTC),
-                    purpose=_str(document.body.get("purpose")),
-                    legal_basis=_str(document.body.get("legalBasis")),
-                    answers_known_request=answers,
-                    rate_ok=wait <= 0,
-                ),
-            )
-            if decision.code != "POLICY_RATE":
-                break
-            # outbound rate limits are back-pressure: wait for a token, never refuse
-            await asyncio.sleep(min(wait, 5.0))
+        decision = evaluate(
+            agreement,
+            PolicyRequest(
+                direction="outbound",
+                sender=rt.gateway_id,
+                receiver=out.partner,
+                message_type=out.message_type,
+                categories=categories,
+                declared_categories=None,
+                size=size,
+                payload_format=out.format,
+                at=datetime.now(UTC),
+                purpose=_str(document.body.get("purpose")),
+                legal_basis=_str(document.body.get("legalBasis")),
+                answers_known_request=answers,
+            ),
+        )
         if not decision.allowed:
             await rt.record(
                 self._audit(
@@ -297,6 +372,16 @@ class OutboundPipeline:
                 )
             )
             raise PolicyViolation(decision.reason, code=decision.code)
+        # outbound rate limits are back-pressure: wait for a token, never refuse; only
+        # allowed messages take one
+        while (
+            agreement is not None
+            and (  # noqa: ASYNC110 - the bucket refills with time
+                wait := rt.limiter.check(agreement, rt.gateway_id, out.partner, time.monotonic())
+            )
+            > 0
+        ):
+            await asyncio.sleep(min(wait, 5.0))
         return decision
 
     async def _deliver(
@@ -304,17 +389,12 @@ class OutboundPipeline:
     ) -> tuple[str, str | None, str | None]:
         """POST and verify the receipt; returns (status, code, reason) from its entry."""
         rt = self.rt
-        answer = await rt.client.post(out.partner, signed)
-        try:
-            root = xmlsafe.parse(answer.body)
-            verified = signing.verify(root, rt.trust.signing_certs(out.partner))
-            receipt = envelope.parse_receipt(verified.root)
-        except GatewayError as exc:
-            raise DeliveryError(
-                f"answer {answer.status} from {out.partner} is not a valid signed receipt: "
-                f"{exc.code}: {exc.reason}",
-                code="DELIVERY_BAD_RECEIPT",
-            ) from exc
+        batcher = self._batchers.get(out.partner)
+        if batcher is not None:
+            verified = await batcher.send(signed)
+        else:
+            verified = await self.post_and_verify(out.partner, [signed])
+        receipt = verified.receipt
         entry = next((e for e in receipt.entries if e.message_id == out.message_id), None)
         if entry is None:
             raise DeliveryError(
@@ -325,9 +405,12 @@ class OutboundPipeline:
                 f"the receipt's digest {entry.digest} is not the digest of what was sent",
                 code="DELIVERY_DIGEST_MISMATCH",
             )
-        evidence, receipt_digest = canonical(verified.root)
+        receipt_digest = verified.digest
         await rt.audit.store_evidence(
-            receipt_digest, "receipt", evidence, agreement.retention_days if agreement else 3650
+            receipt_digest,
+            "receipt",
+            verified.evidence,
+            agreement.retention_days if agreement else 3650,
         )
         event = "delivered" if entry.status in ("accepted", "duplicate") else "rejected"
         await rt.record(

@@ -1,0 +1,87 @@
+"""Process figures read from /proc: CPU seconds, peak and current RSS, the broker's pid."""
+
+from __future__ import annotations
+
+import os
+import resource
+import subprocess
+from dataclasses import dataclass
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU seconds ``pid`` has used so far (0.0 once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            stat = fh.read()
+    except OSError:
+        return 0.0
+    # the command name may hold spaces and parentheses: fields start after the last ')'
+    fields = stat.rsplit(")", 1)[1].split()
+    utime, stime = int(fields[11]), int(fields[12])
+    return (utime + stime) / CLOCK_TICKS
+
+
+def memory_mb(pid: int, field: str = "VmHWM") -> float:
+    """A ``/proc/<pid>/status`` memory field in MB (VmHWM: peak RSS; VmRSS: current)."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def self_cpu_seconds() -> float:
+    """CPU seconds of this (the load generator's) process, all threads."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def broker_pid() -> int | None:
+    """The pid of RabbitMQ's Erlang VM on this machine, if one runs."""
+    try:
+        out = subprocess.run(
+            ["pgrep", "-f", "beam.smp"], capture_output=True, text=True, timeout=5, check=False
+        ).stdout.split()
+    except (OSError, subprocess.TimeoutExpired):
+        out = []
+    if out:
+        return int(out[0])
+    try:
+        text = subprocess.run(
+            ["rabbitmqctl", "eval", "os:getpid()."],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    digits = "".join(c for c in text if c.isdigit())
+    return int(digits) if digits else None
+
+
+@dataclass
+class CpuMeter:
+    """CPU seconds of named processes between ``start`` and ``stop``."""
+
+    pids: dict[str, int | None]
+    _begin: dict[str, float] | None = None
+
+    def _now(self) -> dict[str, float]:
+        now = {name: cpu_seconds(pid) if pid else 0.0 for name, pid in self.pids.items()}
+        now["loadgen"] = self_cpu_seconds()
+        return now
+
+    def start(self) -> None:
+        self._begin = self._now()
+
+    def stop(self) -> dict[str, float]:
+        """CPU seconds used by each process (and ``loadgen``: this process) since ``start``."""
+        assert self._begin is not None, "start() first"
+        end = self._now()
+        return {name: max(0.0, end[name] - self._begin[name]) for name in end}
