@@ -382,3 +382,58 @@ async def test_sigterm_finishes_in_flight_work_and_loses_nothing(
         await office_a.channel.close()
         await office_b.channel.close()
         await xb.stop()
+
+
+async def test_without_the_broker_the_partner_api_answers_503_and_accepts_nothing(
+    fast_pair: Any, tmp_path: Path
+) -> None:
+    """While XB's broker connection is down XB answers 503 with Retry-After; once it is back the same envelope is accepted."""
+    import ssl
+
+    import aiohttp
+
+    from gateway import envelope as env
+    from gateway.signing import Signer
+
+    settings, _ = fast_pair
+    xb = Gateway(settings["XB"])
+    await xb.start()
+    office_b = await _office(settings["XB"])
+    root = tmp_path / "gw"
+    signer = Signer.from_files(root / "XA/certs/signing.key", root / "XA/certs/signing.pem")
+    header = env.Header(
+        message_id=f"nobroker-{uuid.uuid4().hex[:8]}", sender="XA", receiver="XB",
+        agreement="xa-xb-maa", message_type="maa.request", created=env.utcnow(),
+        payload_format="maa-xml", categories=("goods", "personal", "trader", "transport", "financial"),
+    )
+    payload = (EXAMPLES / "maa-xml" / "maa.request.xml").read_bytes()
+    signed = signer.sign(env.build_envelope(header, payload, "application/xml"))
+    ctx = ssl.create_default_context(cafile=str(root / "XB/ca/ca.pem"))
+    ctx.load_cert_chain(root / "XA/certs/tls-client.pem", root / "XA/certs/tls-client.key")
+    url = f"https://127.0.0.1:{xb.partner_port}/v1/messages"
+    try:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx)) as http:
+            prefix = settings["XB"].broker.prefix
+            closed = await asyncio.to_thread(close_broker_connections, f"maagw-{prefix}XB")
+            assert closed == 1
+            for _ in range(50):
+                if not xb.runtime.relay.ready:
+                    break
+                await asyncio.sleep(0.05)
+            async with http.post(url, data=signed, server_hostname="gw.xb.test",
+                                 headers={"Content-Type": "application/xml"}) as resp:
+                assert resp.status == 503
+                assert int(resp.headers["Retry-After"]) >= 1
+            assert not await office_b.drain("maagw.inbound", timeout=1.0, idle=0.3)
+            for _ in range(200):  # aio-pika reconnects after its interval
+                if xb.runtime.relay.ready:
+                    break
+                await asyncio.sleep(0.1)
+            async with http.post(url, data=signed, server_hostname="gw.xb.test",
+                                 headers={"Content-Type": "application/xml"}) as resp:
+                assert resp.status == 200, await resp.text()
+            got = await office_b.drain("maagw.inbound", want=1)
+            assert [m.message_id for m in got] == [header.message_id]
+    finally:
+        await office_b.channel.close()
+        await xb.stop()
