@@ -52,6 +52,7 @@ def provision(
     prefixes: dict[str, str] | None = None,
     agreements_dir: Path = AGREEMENTS,
     extra: dict[str, str] | None = None,
+    batch_max: int = 1,
 ) -> dict[str, Provisioned]:
     """Create certificates and configuration for each administration under ``root/<ID>``."""
     from gateway.app import free_port
@@ -92,6 +93,8 @@ def provision(
                 f'ca = "certs/{other}-ca.pem"\n'
                 f"tls_pins = {json.dumps(pins)}\n"
                 f'signing_certs = ["certs/{other}-signing.pem"]\n'
+                f"batch_max = {batch_max}\n"
+                "batch_wait_ms = 5\n"
             )
         shutil.copytree(agreements_dir, base / "agreements", dirs_exist_ok=True)
         lines = [
@@ -320,7 +323,7 @@ def run_demo(state_dir: Path | None, broker_url: str) -> bool:
     root = state_dir or Path(tempfile.mkdtemp(prefix="maagw-demo-"))
     root.mkdir(parents=True, exist_ok=True)
     try:
-        provisioned = provision(root, broker_url)
+        provisioned = provision(root, broker_url, batch_max=32)
         settings = {gid: load_settings(p.config) for gid, p in provisioned.items()}
         click.echo(
             f"XA partner API on 127.0.0.1:{provisioned['XA'].partner_port}, "

@@ -170,13 +170,18 @@ class InboundPipeline:
         if claim.outcome == "in_flight":
             return Outcome(503, None, retry_after=RETRY_AFTER_SECONDS)
         try:
-            return await self._publish(partner, env, root, digest)
+            return await self._publish(partner, env, root, digest, claim.possible_duplicate)
         except BaseException:
             await rt.store.release(partner, head.message_id)
             raise
 
     async def _publish(
-        self, partner: str, env: Envelope, root: etree._Element, digest: str
+        self,
+        partner: str,
+        env: Envelope,
+        root: etree._Element,
+        digest: str,
+        possible_duplicate: bool = False,
     ) -> Outcome:
         rt = self.rt
         head = env.header
@@ -243,11 +248,15 @@ class InboundPipeline:
                     "x-maagw-format": target.name,
                     "x-maagw-sender": partner,
                     "x-maagw-envelope-digest": digest,
+                    # an earlier publish of this id may have reached the broker unconfirmed
+                    **({"x-maagw-possible-duplicate": "true"} if possible_duplicate else {}),
                 },
             )
         except RelayError as exc:
             log.warning("relay_unavailable", code=exc.code, reason=exc.reason)
-            await rt.store.release(partner, head.message_id)
+            await rt.store.release(
+                partner, head.message_id, uncertain=exc.code == "RELAY_UNCONFIRMED"
+            )
             return Outcome(503, None, retry_after=RETRY_AFTER_SECONDS)
         if head.message_type == "maa.request":
             await rt.store.remember_request(head.agreement, partner, head.message_id)
@@ -288,46 +297,69 @@ class InboundPipeline:
         return Outcome(http_status(exc.code), entry, events=(rejected,))
 
     async def answer(self, partner: str, outcome: Outcome) -> web.Response:
-        """Sign the receipt, keep it as evidence, make the audit entries durable, answer."""
+        """Answer one envelope (see ``answer_many``)."""
+        return await self.answer_many(partner, [outcome], batch=False)
+
+    async def answer_many(
+        self, partner: str, outcomes: list[Outcome], *, batch: bool = True
+    ) -> web.Response:
+        """Sign one receipt list for every final outcome, keep it, audit, answer.
+
+        Outcomes without an entry (503, 429: try again later) are left out of the
+        list, so the sender retries exactly those. A batch is answered 200 when the
+        list has at least one entry; otherwise with the first outcome's status.
+        """
         rt = self.rt
+        final = [o for o in outcomes if o.entry is not None]
+        later = [o for o in outcomes if o.entry is None]
         headers = {}
-        if outcome.retry_after is not None:
-            headers["Retry-After"] = str(int(outcome.retry_after + 0.999))
-        if outcome.entry is None:
-            if outcome.events:
-                await rt.record(*outcome.events)
-            return web.Response(status=outcome.status, headers=headers, text="try again later\n")
+        retry_after = max((o.retry_after or 0.0 for o in later), default=0.0)
+        if later and retry_after:
+            headers["Retry-After"] = str(int(retry_after + 0.999))
+        if not final:
+            waiting = [e for o in outcomes for e in o.events]
+            if waiting:
+                await rt.record(*waiting)
+            return web.Response(
+                status=outcomes[0].status, headers=headers, text="try again later\n"
+            )
         receipt_id = envelope.new_id()
-        receipt = envelope.build_receipt(
-            rt.gateway_id, partner, [outcome.entry], receipt_id=receipt_id
-        )
+        entries = [o.entry for o in final if o.entry is not None]
+        receipt = envelope.build_receipt(rt.gateway_id, partner, entries, receipt_id=receipt_id)
         signed = rt.signer.sign(receipt)
         evidence, receipt_digest = canonical(receipt)
         await rt.audit.store_evidence(receipt_digest, "receipt", evidence, 3650)
-        entry = outcome.entry
-        first = outcome.events[0] if outcome.events else None
-        await rt.record(
-            *outcome.events,
-            AuditEvent(
-                event="receipt",
-                direction="inbound",
-                partner=partner,
-                agreement=first.agreement if first else None,
-                message_type=first.message_type if first else None,
-                message_id=entry.message_id if entry.message_id != "-" else None,
-                correlation_id=first.correlation_id if first else None,
-                envelope_digest=hexdigest(entry.digest),
-                receipt_digest=receipt_digest,
-                outcome=entry.status,
-                code=entry.code,
-                reason=entry.reason,
-                details={"receipt_id": receipt_id},
-            ),
-        )
-        if outcome.sender is not None and entry.status == "accepted":
-            await rt.store.mark_published(outcome.sender, entry.message_id, receipt_id)
+        events: list[AuditEvent] = [e for o in later for e in o.events]
+        for outcome in final:
+            entry = outcome.entry
+            assert entry is not None
+            first = outcome.events[0] if outcome.events else None
+            events += outcome.events
+            events.append(
+                AuditEvent(
+                    event="receipt",
+                    direction="inbound",
+                    partner=partner,
+                    agreement=first.agreement if first else None,
+                    message_type=first.message_type if first else None,
+                    message_id=entry.message_id if entry.message_id != "-" else None,
+                    correlation_id=first.correlation_id if first else None,
+                    envelope_digest=hexdigest(entry.digest),
+                    receipt_digest=receipt_digest,
+                    outcome=entry.status,
+                    code=entry.code,
+                    reason=entry.reason,
+                    details={"receipt_id": receipt_id, "entries": len(entries)},
+                )
+            )
+        await rt.record(*events)
+        for outcome in final:
+            entry = outcome.entry
+            if outcome.sender is not None and entry is not None and entry.status == "accepted":
+                await rt.store.mark_published(outcome.sender, entry.message_id, receipt_id)
+        status = 200 if batch else final[0].status
         return web.Response(
-            status=outcome.status, body=signed, content_type="application/xml", headers=headers
+            status=status, body=signed, content_type="application/xml", headers=headers
         )
 
     def _audit(
@@ -396,8 +428,47 @@ async def handle_messages(request: web.Request) -> web.Response:
             ),
         )
         return await answer_and_close(request, await pipeline.answer(partner, outcome))
+    if request.content_type == "multipart/mixed":
+        try:
+            parts = decode_multipart(body, request.headers.get("Content-Type", ""))
+        except EnvelopeError as exc:
+            outcome = await pipeline.refuse(partner, "-", EMPTY_DIGEST, None, exc)
+            return await pipeline.answer(partner, outcome)
+        outcomes = await asyncio.gather(*(pipeline.process(partner, part) for part in parts))
+        return await pipeline.answer_many(partner, list(outcomes))
     outcome = await pipeline.process(partner, body)
     return await pipeline.answer(partner, outcome)
+
+
+#: envelopes in one batch at most (the receipt list's limit)
+MAX_BATCH = 1000
+
+
+def decode_multipart(body: bytes, content_type: str) -> list[bytes]:
+    """The parts of a ``multipart/mixed`` batch, each one signed envelope, as sent.
+
+    ``content_type`` is the whole Content-Type header, with its boundary parameter.
+    """
+    boundary = ""
+    for param in content_type.split(";")[1:]:
+        key, _, value = param.strip().partition("=")
+        if key.lower() == "boundary":
+            boundary = value.strip().strip('"')
+    if not boundary or len(boundary) > 70:
+        raise EnvelopeError("multipart body without a valid boundary", code="ENVELOPE_BATCH")
+    delimiter = b"--" + boundary.encode("ascii", "replace")
+    chunks = body.split(delimiter)
+    if len(chunks) < 3 or not chunks[-1].startswith(b"--"):
+        raise EnvelopeError("multipart body is not closed", code="ENVELOPE_BATCH")
+    parts: list[bytes] = []
+    for chunk in chunks[1:-1]:
+        _headers, sep, content = chunk.partition(b"\r\n\r\n")
+        if not sep:
+            raise EnvelopeError("multipart part without headers", code="ENVELOPE_BATCH")
+        parts.append(content.removesuffix(b"\r\n"))
+    if not parts or len(parts) > MAX_BATCH:
+        raise EnvelopeError(f"a batch holds 1 to {MAX_BATCH} envelopes", code="ENVELOPE_BATCH")
+    return parts
 
 
 async def answer_and_close(request: web.Request, response: web.Response) -> web.Response:

@@ -83,3 +83,31 @@ def test_peek_message_id_reads_only_a_plausible_id(xml: bytes, expected: str | N
     ns = b'xmlns="urn:maagw:envelope:1"'
     root = etree.fromstring(b"<Envelope " + ns + b">" + xml + b"</Envelope>")
     assert _peek_message_id(root) == expected
+
+
+def test_a_batch_body_splits_into_exactly_the_envelopes_sent() -> None:
+    """decode_multipart returns each part byte for byte as encode_multipart wrote it."""
+    from gateway.delivery import encode_multipart
+    from gateway.inbound import decode_multipart
+
+    parts = [b"<a>1</a>", b"<b>\r\n two\r\n</b>", b"<c/>"]
+    body = encode_multipart(parts, "b0undary")
+    assert decode_multipart(body, 'multipart/mixed; boundary="b0undary"') == parts
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [
+        (b"--x\r\nContent-Type: application/xml\r\n\r\n<a/>\r\n", 'multipart/mixed; boundary="x"'),
+        (b"--x\r\n\r\n<a/>\r\n--x--\r\n", "multipart/mixed"),
+        (b"--x--\r\n", 'multipart/mixed; boundary="x"'),
+    ],
+)
+def test_a_malformed_batch_is_refused(body: bytes, content_type: str) -> None:
+    """An unclosed batch, one without boundary, or an empty one is ENVELOPE_BATCH."""
+    from gateway.errors import EnvelopeError
+    from gateway.inbound import decode_multipart
+
+    with pytest.raises(EnvelopeError) as info:
+        decode_multipart(body, content_type)
+    assert info.value.code == "ENVELOPE_BATCH"
