@@ -35,5 +35,7 @@ def get(name: str) -> Adapter:
         )
     adapter = matches[0].load()()
     if not isinstance(adapter, Adapter):
-        raise AdapterError(f"entry point {name!r} is not an adapter", code="TRANSLATE_UNKNOWN_FORMAT")
+        raise AdapterError(
+            f"entry point {name!r} is not an adapter", code="TRANSLATE_UNKNOWN_FORMAT"
+        )
     return adapter

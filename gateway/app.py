@@ -164,9 +164,7 @@ class Gateway:
         self.auth_refusals: Counter[str] = Counter()
         self.partner_port: int | None = None
         self.admin_port: int | None = None
-        self.admin_tls = (
-            bool(getattr(settings.admin, "tls", False)) if admin_tls is None else admin_tls
-        )
+        self.admin_tls = settings.admin.tls if admin_tls is None else admin_tls
         self.server_context: ssl.SSLContext
         self.admin_auth: admin.AdminAuth
         self._own_certs: tuple[tuple[Path, Any], ...] = ()

@@ -16,6 +16,7 @@ from pathlib import Path
 import click
 
 from gateway import log as logsetup
+from gateway.cli_admin import reload_command
 from gateway.cli_agreements import agreements
 from gateway.cli_audit import audit
 from gateway.cli_certs import certs
@@ -231,7 +232,7 @@ def demo(ctx: click.Context, state_dir: Path | None, broker_url: str) -> None:
     sys.exit(0 if ok else 1)
 
 
-for group in (certs, envelope, agreements, audit, translate_command, dead):
+for group in (certs, envelope, agreements, audit, translate_command, dead, reload_command):
     main.add_command(group)
 
 

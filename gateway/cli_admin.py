@@ -83,7 +83,7 @@ def reload_command(
 
 
 def _admin_tls(settings: Settings) -> bool:
-    return bool(getattr(settings.admin, "tls", False))
+    return settings.admin.tls
 
 
 def _bracket(host: str) -> str:

@@ -60,6 +60,8 @@ class AdminSection(_Model):
     host: str = "127.0.0.1"
     port: int = Field(default=8081, ge=0, le=65535)
     token_file: Path | None = None
+    #: serve the admin listener with TLS, accepting operator certificates of the own CA
+    tls: bool = False
 
 
 class TlsSection(_Model):

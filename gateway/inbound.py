@@ -98,7 +98,11 @@ class InboundPipeline:
             )
             digest = signing.document_digest(root)
             message_id = _peek_message_id(root) or "-"
-            verified = signing.verify(root, self.rt.trust.signing_certs(partner))
+            # the signing certificate must be valid at the signing time (the envelope's
+            # Created, once it lies in the replay window; else now)
+            verified = signing.verify(
+                root, self.rt.trust.signing_certs(partner), at=_peek_created(root)
+            )
             env = envelope.parse_envelope(verified.root)
             message_id = env.header.message_id
             structlog.contextvars.bind_contextvars(
@@ -387,6 +391,21 @@ class InboundPipeline:
             reason=reason,
             details=details,
         )
+
+
+def _peek_created(root: etree._Element) -> datetime | None:
+    """The envelope's creation time if it is readable and inside the replay window."""
+    el = root.find(f"{{{envelope.NS}}}Header/{{{envelope.NS}}}Created")
+    if el is None:
+        return None
+    try:
+        created = envelope.parse_time("".join(el.itertext()).strip())
+    except ValueError:
+        return None
+    now = datetime.now(UTC)
+    earliest = now - timedelta(seconds=DUPLICATE_RETENTION_SECONDS)
+    latest = now + timedelta(seconds=FUTURE_SKEW_SECONDS)
+    return created if earliest <= created <= latest else None
 
 
 def _peek_message_id(root: etree._Element) -> str | None:

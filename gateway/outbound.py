@@ -218,6 +218,17 @@ class OutboundPipeline:
         except EnvelopeError as exc:
             await self._dead(partner, message, None, exc.code, exc.reason, status="rejected")
             return
+        if partner not in self.rt.settings.partners:
+            # removed by a reload while its queue still held messages
+            await self._dead(
+                partner,
+                message,
+                out,
+                "PARTNER_UNKNOWN",
+                f"partner {partner} is no longer configured",
+                status="failed",
+            )
+            return
         try:
             signed, digest, agreement = await self._prepare(out, message.body)
         except (AdapterError, PolicyViolation, EnvelopeError, SignatureError) as exc:
@@ -374,15 +385,17 @@ class OutboundPipeline:
             raise PolicyViolation(decision.reason, code=decision.code)
         # outbound rate limits are back-pressure: wait for a token, never refuse; only
         # allowed messages take one
-        while (
-            agreement is not None
-            and (  # noqa: ASYNC110 - the bucket refills with time
-                wait := rt.limiter.check(agreement, rt.gateway_id, out.partner, time.monotonic())
-            )
-            > 0
-        ):
-            await asyncio.sleep(min(wait, 5.0))
+        if agreement is not None:
+            await self._take_token(agreement, out.partner)
         return decision
+
+    async def _take_token(self, agreement: Agreement, partner: str) -> None:
+        """Wait until the agreement's rate limit lets one more message go to ``partner``."""
+        rt = self.rt
+        wait = rt.limiter.check(agreement, rt.gateway_id, partner, time.monotonic())
+        while wait > 0:
+            await asyncio.sleep(min(wait, 5.0))
+            wait = rt.limiter.check(agreement, rt.gateway_id, partner, time.monotonic())
 
     async def _deliver(
         self, out: Outgoing, signed: bytes, digest: str, agreement: Agreement | None

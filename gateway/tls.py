@@ -165,25 +165,24 @@ class TrustStore:
     def signing_certs(
         self, partner_id: str, *, now: datetime | None = None
     ) -> tuple[x509.Certificate, ...]:
-        """The partner's pinned signing certificates that are neither revoked nor out of date.
+        """The partner's pinned signing certificates that are not revoked.
 
-        Old and new are both returned during a rotation's overlap. When every
-        configured certificate is refused, the first refusal is raised
-        (``AUTH_REVOKED``, ``AUTH_EXPIRED``, ``AUTH_CRL_STALE`` …).
+        Old and new are both returned during a rotation's overlap. Validity is
+        left to ``signing.verify``, which checks it at the signing time. A CRL
+        past its nextUpdate refuses them all (``AUTH_CRL_STALE``) unless the
+        partner says "warn"; when every configured certificate is revoked,
+        ``AUTH_REVOKED`` is raised.
         """
         trust = self.partners[partner_id]
-        good: list[x509.Certificate] = []
-        refusal: AuthError | None = None
-        for cert in trust.signing_certs:
-            try:
-                check_certificate(cert, trust, now=now)
-            except AuthError as exc:
-                refusal = refusal or exc
-                continue
-            good.append(cert)
-        if not good and refusal is not None:
-            raise refusal
-        return tuple(good)
+        _check_crl_fresh(trust, now or datetime.now(UTC))
+        good = tuple(c for c in trust.signing_certs if not _revoked(c, trust))
+        if trust.signing_certs and not good:
+            raise AuthError(
+                f"every signing certificate of {partner_id} is revoked",
+                code="AUTH_REVOKED",
+                partner=partner_id,
+            )
+        return good
 
     def server_context(self, tls: TlsSection) -> ssl.SSLContext:
         """The partner listener's context: TLS >= 1.2, client certificate required."""
@@ -248,20 +247,7 @@ def check_certificate(
             code="AUTH_EXPIRED",
             partner=trust.partner_id,
         )
-    crl = trust.crl
-    if crl is None:
-        return
-    next_update = crl.next_update_utc
-    if next_update is not None and now > next_update:
-        if trust.crl_stale == "refuse":
-            raise AuthError(
-                f"the CRL of {trust.partner_id} is past its nextUpdate",
-                code="AUTH_CRL_STALE",
-                partner=trust.partner_id,
-            )
-        if (trust.partner_id, next_update) not in _warned_stale:
-            _warned_stale.add((trust.partner_id, next_update))
-            log.warning("crl_stale", partner=trust.partner_id, next_update=str(next_update))
+    _check_crl_fresh(trust, now)
     if _revoked(cert, trust):
         raise AuthError(
             f"certificate {_subject(cert)} serial {cert.serial_number:x} is revoked",
@@ -275,6 +261,22 @@ def peer_der(ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> bytes | None:
     if ssl_object is None:
         return None
     return ssl_object.getpeercert(binary_form=True)
+
+
+def _check_crl_fresh(trust: PartnerTrust, now: datetime) -> None:
+    crl = trust.crl
+    next_update = crl.next_update_utc if crl is not None else None
+    if next_update is None or now <= next_update:
+        return
+    if trust.crl_stale == "refuse":
+        raise AuthError(
+            f"the CRL of {trust.partner_id} is past its nextUpdate",
+            code="AUTH_CRL_STALE",
+            partner=trust.partner_id,
+        )
+    if (trust.partner_id, next_update) not in _warned_stale:
+        _warned_stale.add((trust.partner_id, next_update))
+        log.warning("crl_stale", partner=trust.partner_id, next_update=str(next_update))
 
 
 def _revoked(cert: x509.Certificate, trust: PartnerTrust) -> bool:

@@ -7,6 +7,7 @@ The whole pipeline against real TLS, RabbitMQ and signatures is exercised in
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 from unittest import mock
 
 import pytest
@@ -111,3 +112,36 @@ def test_a_malformed_batch_is_refused(body: bytes, content_type: str) -> None:
     with pytest.raises(EnvelopeError) as info:
         decode_multipart(body, content_type)
     assert info.value.code == "ENVELOPE_BATCH"
+
+
+@pytest.mark.parametrize(
+    ("offset", "inside"),
+    [
+        (timedelta(0), True),
+        (timedelta(days=-6), True),
+        (timedelta(days=-8), False),
+        (timedelta(minutes=30), False),
+    ],
+)
+def test_the_signing_time_is_the_created_time_inside_the_replay_window(
+    offset: timedelta, inside: bool
+) -> None:
+    """Created is used as the signing time only when it lies in the replay window."""
+    from gateway import envelope as env
+    from gateway.inbound import _peek_created
+
+    created = env.utcnow() + offset
+    header = env.Header(
+        message_id="m",
+        sender="XA",
+        receiver="XB",
+        agreement="a",
+        message_type="maa.request",
+        created=created,
+        payload_format="maa-xml",
+    )
+    root = env.build_envelope(header, b"<a xmlns='urn:x'/>", "application/xml")
+    peeked = _peek_created(root)
+    assert (peeked is not None) == inside
+    if inside:
+        assert peeked is not None and abs((peeked - created).total_seconds()) < 0.01

@@ -255,3 +255,22 @@ def test_the_partner_ca_must_itself_be_valid(world: World) -> None:
     with pytest.raises(AuthError) as caught:
         trust.authenticate(world.der(client), now=later)
     assert caught.value.code == "AUTH_CA_EXPIRED"
+
+
+def test_signing_certificates_are_refused_while_the_crl_is_stale(world: World) -> None:
+    """With a CRL past nextUpdate (and the default "refuse"), no signing certificate is offered."""
+    only = world.issue("XA", "signing", kind="signing")
+    crl = world.crl("XA", now=NOW - dt.timedelta(days=10), next_update_days=1)
+    trust = TrustStore({"XA": world.partner("XA", signing_certs=(only,), crl=crl)})
+    with pytest.raises(AuthError) as caught:
+        trust.signing_certs("XA")
+    assert caught.value.code == "AUTH_CRL_STALE"
+
+
+def test_an_expired_signing_certificate_is_left_to_signature_verification(world: World) -> None:
+    """Validity of signing certificates is checked at the signing time by signing.verify, not here."""
+    old = world.issue(
+        "XA", "signing-old", kind="signing", not_before=NOW - dt.timedelta(days=30), days=2
+    )
+    trust = TrustStore({"XA": world.partner("XA", signing_certs=(old,))})
+    assert trust.signing_certs("XA") == (certs.load_cert(old),)

@@ -34,8 +34,13 @@ async def batched(tmp_path: Path, rabbitmq: str) -> Any:
         source.read_text().replace("rate_per_minute = 600", "rate_per_minute = 600000")
     )
     base = unique_prefix("batch")
-    prov = provision(tmp_path / "gw", rabbitmq, prefixes={"XA": base + "xa.", "XB": base + "xb."},
-                     agreements_dir=agreements, batch_max=32)
+    prov = provision(
+        tmp_path / "gw",
+        rabbitmq,
+        prefixes={"XA": base + "xa.", "XB": base + "xb."},
+        agreements_dir=agreements,
+        batch_max=32,
+    )
     settings = {gid: load_settings(p.config) for gid, p in prov.items()}
     yield settings, tmp_path / "gw"
     for s in settings.values():
@@ -78,15 +83,19 @@ async def test_a_bad_envelope_in_a_batch_is_refused_alone(batched: Any) -> None:
     settings, root = batched
     xb = Gateway(settings["XB"])
     await xb.start()
-    signer = signing.Signer.from_files(root / "XA/certs/signing.key",
-                                       root / "XA/certs/signing.pem")
+    signer = signing.Signer.from_files(root / "XA/certs/signing.key", root / "XA/certs/signing.pem")
     payload = (EXAMPLES / "maa-xml" / "maa.request.xml").read_bytes()
     envelopes, ids = [], []
     for i in range(3):
         mid = f"batch-{i}-{uuid.uuid4().hex[:6]}"
         header = env.Header(
-            message_id=mid, sender="XA", receiver="XB", agreement="xa-xb-maa",
-            message_type="maa.request", created=env.utcnow(), payload_format="maa-xml",
+            message_id=mid,
+            sender="XA",
+            receiver="XB",
+            agreement="xa-xb-maa",
+            message_type="maa.request",
+            created=env.utcnow(),
+            payload_format="maa-xml",
             categories=("financial", "goods", "personal", "trader", "transport"),
         )
         envelopes.append(signer.sign(env.build_envelope(header, payload, "application/xml")))
@@ -102,8 +111,9 @@ async def test_a_bad_envelope_in_a_batch_is_refused_alone(batched: Any) -> None:
     try:
         answer = await client.post_batch("XB", envelopes)
         assert answer.status == 200
-        verified = signing.verify(xmlsafe.parse(answer.body),
-                                  TrustStore(xa_settings.partners).signing_certs("XB"))
+        verified = signing.verify(
+            xmlsafe.parse(answer.body), TrustStore(xa_settings.partners).signing_certs("XB")
+        )
         receipt = env.parse_receipt(verified.root)
         statuses = {e.message_id: (e.status, e.code) for e in receipt.entries}
         assert statuses[ids[0]] == ("accepted", None)

@@ -16,8 +16,10 @@ from typing import Any
 
 import aio_pika
 import pytest
+from click.testing import CliRunner
 
 from gateway.app import Gateway
+from gateway.cli import main
 from gateway.config import Settings, load_settings
 from gateway.demo import provision
 from gateway.relay import Names
@@ -232,6 +234,25 @@ async def test_a_poison_message_is_dead_lettered_and_the_queue_keeps_flowing(
         }
         kept = await xa.runtime.store.dead_list()
         assert [(d.message_id, d.code) for d in kept] == [(poison, "TRANSLATE_DECODE")]
+        # the operator's view: list, show, replay (audited); the replayed copy dies again
+        runner = CliRunner()
+        config = ["--config", str(settings["XA"].path)]
+        listed = await asyncio.to_thread(runner.invoke, main, ["dead", "list", *config])
+        assert listed.exit_code == 0 and poison in listed.output
+        shown = await asyncio.to_thread(
+            runner.invoke, main, ["dead", "show", str(kept[0].id), *config]
+        )
+        assert json.loads(shown.output)["code"] == "TRANSLATE_DECODE"
+        replayed = await asyncio.to_thread(
+            runner.invoke, main, ["dead", "replay", str(kept[0].id), "--actor", "op:alice", *config]
+        )
+        assert replayed.exit_code == 0, replayed.output
+        again = await office_a.drain("maagw.dead", want=1)
+        assert [m.message_id for m in again] == [poison]
+        actions = await xa.runtime.audit.search(event="operator_action")
+        assert [(a.actor, a.code, a.message_id) for a in actions] == [
+            ("op:alice", "DEAD_REPLAYED", poison)
+        ]
     finally:
         await office_a.channel.close()
         await office_b.channel.close()
@@ -402,9 +423,14 @@ async def test_without_the_broker_the_partner_api_answers_503_and_accepts_nothin
     root = tmp_path / "gw"
     signer = Signer.from_files(root / "XA/certs/signing.key", root / "XA/certs/signing.pem")
     header = env.Header(
-        message_id=f"nobroker-{uuid.uuid4().hex[:8]}", sender="XA", receiver="XB",
-        agreement="xa-xb-maa", message_type="maa.request", created=env.utcnow(),
-        payload_format="maa-xml", categories=("goods", "personal", "trader", "transport", "financial"),
+        message_id=f"nobroker-{uuid.uuid4().hex[:8]}",
+        sender="XA",
+        receiver="XB",
+        agreement="xa-xb-maa",
+        message_type="maa.request",
+        created=env.utcnow(),
+        payload_format="maa-xml",
+        categories=("goods", "personal", "trader", "transport", "financial"),
     )
     payload = (EXAMPLES / "maa-xml" / "maa.request.xml").read_bytes()
     signed = signer.sign(env.build_envelope(header, payload, "application/xml"))
@@ -420,8 +446,12 @@ async def test_without_the_broker_the_partner_api_answers_503_and_accepts_nothin
                 if not xb.runtime.relay.ready:
                     break
                 await asyncio.sleep(0.05)
-            async with http.post(url, data=signed, server_hostname="gw.xb.test",
-                                 headers={"Content-Type": "application/xml"}) as resp:
+            async with http.post(
+                url,
+                data=signed,
+                server_hostname="gw.xb.test",
+                headers={"Content-Type": "application/xml"},
+            ) as resp:
                 assert resp.status == 503
                 assert int(resp.headers["Retry-After"]) >= 1
             assert not await office_b.drain("maagw.inbound", timeout=1.0, idle=0.3)
@@ -429,8 +459,12 @@ async def test_without_the_broker_the_partner_api_answers_503_and_accepts_nothin
                 if xb.runtime.relay.ready:
                     break
                 await asyncio.sleep(0.1)
-            async with http.post(url, data=signed, server_hostname="gw.xb.test",
-                                 headers={"Content-Type": "application/xml"}) as resp:
+            async with http.post(
+                url,
+                data=signed,
+                server_hostname="gw.xb.test",
+                headers={"Content-Type": "application/xml"},
+            ) as resp:
                 assert resp.status == 200, await resp.text()
             got = await office_b.drain("maagw.inbound", want=1)
             assert [m.message_id for m in got] == [header.message_id]
