@@ -153,8 +153,12 @@ class _ConnectionGate(asyncio.Protocol):
 class Gateway:
     """One administration's gateway process."""
 
-    def __init__(self, settings: Settings, *, admin_tls: bool | None = None) -> None:
+    def __init__(
+        self, settings: Settings, *, admin_tls: bool | None = None, worker: int | None = None
+    ) -> None:
         self.settings = settings
+        #: index of this process under ``serve --workers N`` (None: the only process)
+        self.worker = worker
         self.runtime: Runtime
         #: partner -> its open, authenticated connections
         self.connections: dict[str, set[asyncio.Transport]] = {}
@@ -210,7 +214,8 @@ class Gateway:
             raise
         self.runtime = Runtime(s, trust, signer, relay, store, audit, self._new_client(s, trust))
         await self._serve_partners()
-        await self._serve_admin()
+        if self.worker in (None, 0):
+            await self._serve_admin()
         self._outbound = OutboundPipeline(self.runtime)
         for partner in s.partners:
             await relay.consume(
@@ -266,6 +271,8 @@ class Gateway:
             s.partner_api.host,
             s.partner_api.port,
             reuse_address=True,
+            # several worker processes share the partner port
+            reuse_port=self.worker is not None,
             backlog=1024,
         )
         self._servers.append(server)
@@ -346,7 +353,13 @@ class Gateway:
         """Re-read configuration and trust material; keep the old on any problem.
 
         Audited as ``operator_action`` with the actor, whether it worked or not.
+        Under ``serve --workers``, worker 0 (the admin listener's) also has the
+        supervisor reload the other workers.
         """
+        if self.worker == 0 and not actor.startswith("signal:"):
+            from gateway.workers import ask_supervisor_to_reload_others
+
+            ask_supervisor_to_reload_others()
         async with self._reload_lock:
             try:
                 material = await asyncio.to_thread(load_material, self.settings.path, self.settings)

@@ -108,15 +108,37 @@ def config_topology(config_path: Path | None, out: Path | None, no_prefix: bool)
 
 @main.command()
 @config_option
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Gateway processes sharing the partner port and the broker.",
+)
+@click.option("--worker-index", type=int, default=None, hidden=True)
+@click.pass_context
 @one_line_errors
-def serve(config_path: Path | None) -> None:
-    """Run the gateway until SIGTERM."""
+def serve(
+    ctx: click.Context, config_path: Path | None, workers: int, worker_index: int | None
+) -> None:
+    """Run the gateway until SIGTERM (SIGHUP reloads)."""
     from gateway.app import Gateway
 
     settings = settings_from(config_path)
+    if workers > 1 and worker_index is None:
+        from gateway.workers import Supervisor
+
+        parent = ctx.parent.params if ctx.parent else {}
+        log_args = [
+            "--log-format",
+            parent.get("log_format", "auto"),
+            "--log-level",
+            parent.get("log_level", "INFO"),
+        ]
+        sys.exit(Supervisor(settings.path, workers, log_args).run())
 
     async def run() -> None:
-        gateway = Gateway(settings)
+        gateway = Gateway(settings, worker=worker_index)
         await gateway.start()
         await gateway.run_until_signalled()
 

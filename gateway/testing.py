@@ -152,7 +152,7 @@ def provision_pair(root: Path, *, tag: str = "t") -> dict[str, Settings]:
     return {gid: load_settings(p.config) for gid, p in prov.items()}
 
 
-def start_gateway_process(config: Path, log_path: Path) -> Any:
+def start_gateway_process(config: Path, log_path: Path, *extra: str) -> Any:
     """Run ``maagw serve --config`` as a child process; returns the Popen once it is up."""
     import subprocess
     import sys
@@ -161,7 +161,8 @@ def start_gateway_process(config: Path, log_path: Path) -> Any:
     settings = load_settings(config)
     log = log_path.open("ab")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "--log-format", "json", "serve", "--config", str(config)],
+        [sys.executable, "-m", "gateway", "--log-format", "json", "serve", "--config",
+         str(config), *extra],
         stdout=log,
         stderr=subprocess.STDOUT,
     )
