@@ -430,6 +430,7 @@ class Gateway:
             )
             for c in closing
         ]
+        events += _agreement_changes(old, m.settings, actor)
         events.append(
             AuditEvent(
                 event="operator_action",
@@ -597,6 +598,35 @@ def _address(peer: Any) -> str:
 
 def _is_loopback(host: str) -> bool:
     return host in {"127.0.0.1", "::1", "localhost"} or host.startswith("127.")
+
+
+def _agreement_changes(old: Settings, new: Settings, actor: str) -> list[AuditEvent]:
+    """One operator-action entry per agreement added, removed or changed by a reload."""
+    changes: list[AuditEvent] = []
+    for agreement_id in sorted(set(old.agreements) | set(new.agreements)):
+        before, after = old.agreements.get(agreement_id), new.agreements.get(agreement_id)
+        if before == after:
+            continue
+        what = "added" if before is None else "removed" if after is None else "changed"
+        current = after or before
+        assert current is not None
+        changes.append(
+            AuditEvent(
+                event="operator_action",
+                agreement=agreement_id,
+                actor=actor,
+                outcome="ok",
+                code=f"AGREEMENT_{what.upper()}",
+                reason=f"agreement {agreement_id} {what} by reload",
+                details={
+                    "action": "agreement_change",
+                    "status": str(current.status),
+                    "status_before": str(before.status) if before else "",
+                    "valid_until": str(current.valid_until),
+                },
+            )
+        )
+    return changes
 
 
 def _preload_adapters() -> None:

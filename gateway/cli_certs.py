@@ -264,6 +264,14 @@ def check_cmd(cert: Path, key: Path, ca: Path | None, passphrase_env: str | None
 @click.option("--out", required=True, type=_ExistingDir, help="Directory holding NAME.pem.")
 @click.option("--overlap-days", type=int, default=30, show_default=True)
 @click.option("--days", type=int, default=397, show_default=True)
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Record the rotation in this gateway's audit log (an operator action).",
+)
+@click.option("--actor", default=None, help="Who rotates (default: the OS user).")
 @_key_type
 @_passphrase_env
 @_ca_passphrase_env
@@ -274,6 +282,8 @@ def rotate_cmd(
     out: Path,
     overlap_days: int,
     days: int,
+    config_path: Path | None,
+    actor: str | None,
     key_type: str,
     passphrase_env: str | None,
     ca_passphrase_env: str | None,
@@ -290,6 +300,8 @@ def rotate_cmd(
         ca_passphrase=_passphrase(ca_passphrase_env, "--ca-passphrase-env"),
     )
     _print_paths(rotation.written)
+    if config_path is not None:
+        _audit_rotation(config_path, actor, rotation)
     until = f"{rotation.overlap_until:%Y-%m-%d}"
     click.echo(f"old: {rotation.old_cert} {rotation.old_pin}", err=True)
     click.echo(f"new: {rotation.new_cert} {rotation.new_pin}", err=True)
@@ -299,6 +311,40 @@ def rotate_cmd(
         f"signing to the new key and revoke the old certificate with --reason superseded",
         err=True,
     )
+
+
+def _audit_rotation(config_path: Path, actor: str | None, rotation: certs_mod.Rotation) -> None:
+    """Append the rotation to the gateway's audit log as an operator action."""
+    import asyncio
+    import getpass
+
+    from gateway.audit import AuditEvent, AuditLog
+    from gateway.config import load_settings
+
+    settings = load_settings(config_path)
+
+    async def record() -> None:
+        audit = await AuditLog.open(settings.audit_url, gateway_id=settings.gateway_id)
+        try:
+            await audit.append(
+                AuditEvent(
+                    event="operator_action",
+                    actor=actor or f"os:{getpass.getuser()}",
+                    outcome="ok",
+                    code="CERT_ROTATED",
+                    reason=f"successor signing certificate {rotation.new_cert.name} issued",
+                    details={
+                        "action": "certificate_rotation",
+                        "old_pin": rotation.old_pin,
+                        "new_pin": rotation.new_pin,
+                        "overlap_until": f"{rotation.overlap_until:%Y-%m-%d}",
+                    },
+                )
+            )
+        finally:
+            await audit.close()
+
+    asyncio.run(record())
 
 
 @certs.command("import-partner")

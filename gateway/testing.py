@@ -161,8 +161,17 @@ def start_gateway_process(config: Path, log_path: Path, *extra: str) -> Any:
     settings = load_settings(config)
     log = log_path.open("ab")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "--log-format", "json", "serve", "--config",
-         str(config), *extra],
+        [
+            sys.executable,
+            "-m",
+            "gateway",
+            "--log-format",
+            "json",
+            "serve",
+            "--config",
+            str(config),
+            *extra,
+        ],
         stdout=log,
         stderr=subprocess.STDOUT,
     )

@@ -837,3 +837,45 @@ def test_cli_list_without_arguments_reads_maagw_config(tmp_path: Path) -> None:
     result = run("list", env={"MAAGW_CONFIG": str(config)})
     assert result.exit_code == 0, result.output
     assert len(result.stdout.splitlines()) == 6
+
+
+def test_rotate_with_config_is_an_audited_operator_action(tmp_path: Path) -> None:
+    """`certs rotate --config` records the rotation, with its actor and pins, in the gateway's audit log."""
+    import asyncio
+
+    from gateway.audit import AuditLog
+    from gateway.config import load_settings
+    from gateway.demo import provision
+
+    prov = provision(tmp_path / "gw", "amqp://guest:guest@127.0.0.1:5672/", ids=("XA", "XB"))
+    config = prov["XA"].config
+    base = config.parent
+    result = CliRunner().invoke(
+        certs_cli,
+        [
+            "rotate",
+            "--ca",
+            str(base / "ca"),
+            "--name",
+            "signing",
+            "--out",
+            str(base / "certs"),
+            "--config",
+            str(config),
+            "--actor",
+            "op:bob",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    settings = load_settings(config)
+
+    async def entries() -> list:  # type: ignore[type-arg]
+        audit = await AuditLog.open(settings.audit_url, gateway_id="XA")
+        try:
+            return await audit.search(event="operator_action")
+        finally:
+            await audit.close()
+
+    found = asyncio.run(entries())
+    assert [(e.code, e.actor) for e in found] == [("CERT_ROTATED", "op:bob")]
+    assert found[0].details_obj()["old_pin"] != found[0].details_obj()["new_pin"]

@@ -203,6 +203,13 @@ async def test_suspending_the_agreement_and_reloading_blocks_both_directions(
             path.write_text(text.replace('status_reason = ""', 'status_reason = "under review"'))
         reloaded = await asyncio.gather(xa.reload("test"), xb.reload("test"))
         assert [r.ok for r in reloaded] == [True, True]
+        for gateway in (xa, xb):
+            changed = await gateway.runtime.audit.search(
+                event="operator_action", agreement="xa-xb-maa"
+            )
+            assert [(c.code, c.actor, c.details_obj()["status"]) for c in changed] == [
+                ("AGREEMENT_CHANGED", "test", "suspended")
+            ]
 
         a_to_b, b_to_a = f"XA-RQ-{uuid.uuid4().hex[:12]}", f"XB-RQ-{uuid.uuid4().hex[:12]}"
         await office_a.send("XB", national("maa.request"), message_id=a_to_b)

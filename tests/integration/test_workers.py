@@ -30,8 +30,9 @@ REQUEST = (EXAMPLES / "national-json" / "maa.request.json").read_bytes()
 
 
 def _children(pid: int) -> list[int]:
-    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True,
-                         text=True, check=False).stdout
+    out = subprocess.run(
+        ["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True, check=False
+    ).stdout
     return [int(p) for p in out.split()]
 
 
@@ -45,8 +46,13 @@ def two_by_two(tmp_path: Path, rabbitmq: str) -> Any:
         source.read_text().replace("rate_per_minute = 600", "rate_per_minute = 600000")
     )
     base = unique_prefix("workers")
-    prov = provision(tmp_path / "gw", rabbitmq, prefixes={"XA": base + "xa.", "XB": base + "xb."},
-                     agreements_dir=agreements, batch_max=8)
+    prov = provision(
+        tmp_path / "gw",
+        rabbitmq,
+        prefixes={"XA": base + "xa.", "XB": base + "xb."},
+        agreements_dir=agreements,
+        batch_max=8,
+    )
     yield prov
     for p in prov.values():
         s = load_settings(p.config)
@@ -89,11 +95,15 @@ async def test_two_workers_per_gateway_deliver_everything_once_and_keep_one_chai
         for proc in procs.values():
             proc.send_signal(signal.SIGTERM)
         for gid, proc in procs.items():
-            assert await asyncio.to_thread(proc.wait, 60) == 0, (tmp_path / f"{gid}.log").read_text()[-3000:]
+            assert await asyncio.to_thread(proc.wait, 60) == 0, (
+                tmp_path / f"{gid}.log"
+            ).read_text()[-3000:]
     for gid, p in prov.items():
         verify = await asyncio.to_thread(
             subprocess.run,
             [sys.executable, "-m", "gateway", "audit", "verify", "--config", str(p.config)],
-            capture_output=True, text=True, check=False,
+            capture_output=True,
+            text=True,
+            check=False,
         )
         assert verify.returncode == 0, verify.stdout + verify.stderr
