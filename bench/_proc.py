@@ -35,6 +35,16 @@ def memory_mb(pid: int, field: str = "VmHWM") -> float:
     return 0.0
 
 
+def machine_busy() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine since boot, all cores (/proc/stat)."""
+    with open("/proc/stat", encoding="ascii") as fh:
+        values = [int(v) for v in fh.readline().split()[1:]]
+    # user nice system idle iowait irq softirq steal (guest time is already in user)
+    idle = values[3] + values[4]
+    total = sum(values[:8])
+    return (total - idle) / CLOCK_TICKS, total / CLOCK_TICKS
+
+
 def self_cpu_seconds() -> float:
     """CPU seconds of this (the load generator's) process, all threads."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
@@ -73,15 +83,22 @@ class CpuMeter:
     _begin: dict[str, float] | None = None
 
     def _now(self) -> dict[str, float]:
-        now = {name: cpu_seconds(pid) if pid else 0.0 for name, pid in self.pids.items()}
+        now = {name: cpu_seconds(pid) for name, pid in self.pids.items() if pid}
         now["loadgen"] = self_cpu_seconds()
+        now["machine_busy"], now["machine_total"] = machine_busy()
         return now
 
     def start(self) -> None:
         self._begin = self._now()
 
     def stop(self) -> dict[str, float]:
-        """CPU seconds used by each process (and ``loadgen``: this process) since ``start``."""
+        """CPU seconds used by each process (and ``loadgen``: this process) since ``start``.
+
+        ``machine`` is the share of all cores that was busy (anyone's work), 0..1.
+        """
         assert self._begin is not None, "start() first"
         end = self._now()
-        return {name: max(0.0, end[name] - self._begin[name]) for name in end}
+        used = {name: max(0.0, end[name] - self._begin[name]) for name in end}
+        busy, total = used.pop("machine_busy"), used.pop("machine_total")
+        used["machine"] = busy / total if total > 0 else 0.0
+        return used

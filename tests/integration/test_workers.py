@@ -98,7 +98,7 @@ async def test_two_workers_per_gateway_deliver_everything_once_and_keep_one_chai
             assert await asyncio.to_thread(proc.wait, 60) == 0, (
                 tmp_path / f"{gid}.log"
             ).read_text()[-3000:]
-    for gid, p in prov.items():
+    for p in prov.values():
         verify = await asyncio.to_thread(
             subprocess.run,
             [sys.executable, "-m", "gateway", "audit", "verify", "--config", str(p.config)],
