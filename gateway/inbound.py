@@ -96,12 +96,18 @@ class InboundPipeline:
                 max_bytes=self.rt.settings.partner_api.max_body_bytes,
                 max_depth=self.rt.settings.partner_api.max_depth,
             )
-            digest = signing.document_digest(root)
+            # the evidence form, computed once: the receipt quotes its digest and the
+            # audit log stores it
+            evidence = signing.document_c14n(root)
+            digest = "sha256:" + hashlib.sha256(evidence).hexdigest()
             message_id = _peek_message_id(root) or "-"
             # the signing certificate must be valid at the signing time (the envelope's
             # Created, once it lies in the replay window; else now)
             verified = signing.verify(
-                root, self.rt.trust.signing_certs(partner), at=_peek_created(root)
+                root,
+                self.rt.trust.signing_certs(partner),
+                at=_peek_created(root),
+                evidence=evidence,
             )
             env = envelope.parse_envelope(verified.root)
             message_id = env.header.message_id
@@ -109,7 +115,7 @@ class InboundPipeline:
                 message_id=message_id, agreement=env.header.agreement
             )
             self._check_header(partner, env)
-            return await self._accept(partner, env, verified.root, digest)
+            return await self._accept(partner, env, verified, digest)
         except (EnvelopeError, SignatureError, AuthError, PolicyViolation, AdapterError) as exc:
             return await self.refuse(partner, message_id, digest, env, exc)
         except GatewayError as exc:
@@ -136,7 +142,7 @@ class InboundPipeline:
             raise SignatureError("envelope is created in the future", code="SIG_STALE")
 
     async def _accept(
-        self, partner: str, env: Envelope, root: etree._Element, digest: str
+        self, partner: str, env: Envelope, verified: signing.Verified, digest: str
     ) -> Outcome:
         rt = self.rt
         head = env.header
@@ -174,7 +180,7 @@ class InboundPipeline:
         if claim.outcome == "in_flight":
             return Outcome(503, None, retry_after=RETRY_AFTER_SECONDS)
         try:
-            return await self._publish(partner, env, root, digest, claim.possible_duplicate)
+            return await self._publish(partner, env, verified, digest, claim.possible_duplicate)
         except BaseException:
             await rt.store.release(partner, head.message_id)
             raise
@@ -183,7 +189,7 @@ class InboundPipeline:
         self,
         partner: str,
         env: Envelope,
-        root: etree._Element,
+        verified: signing.Verified,
         digest: str,
         possible_duplicate: bool = False,
     ) -> Outcome:
@@ -237,7 +243,9 @@ class InboundPipeline:
                 return Outcome(429, None, retry_after=max(1.0, decision.retry_after or 1.0))
             raise PolicyViolation(decision.reason, code=decision.code)
         target = adapters.get(rt.settings.back_office.inbound_format)
-        translated = target.encode(document)
+        # the back office reading the exchange format gets the very payload the partner
+        # signed (it was validated by decode above); any other format is translated
+        translated = env.payload if target.name == exchange.name else target.encode(document)
         try:
             await rt.relay.publish(
                 rt.relay.names.inbound,
@@ -266,8 +274,9 @@ class InboundPipeline:
             await rt.store.remember_request(head.agreement, partner, head.message_id)
         entry = ReceiptEntry(head.message_id, digest, "accepted")
         retention = agreement.retention_days if agreement else 3650
-        evidence, evidence_digest = canonical(root)
-        await rt.audit.store_evidence(evidence_digest, "envelope", evidence, retention)
+        await rt.audit.store_evidence(
+            hexdigest(verified.digest), "envelope", verified.evidence, retention
+        )
         log.info("message_published", partner=partner, type=head.message_type)
         return Outcome(
             200,

@@ -182,8 +182,7 @@ class OutboundPipeline:
                 f"{exc.code}: {exc.reason}",
                 code="DELIVERY_BAD_RECEIPT",
             ) from exc
-        evidence, digest = canonical(verified.root)
-        return VerifiedReceipt(receipt, evidence, digest)
+        return VerifiedReceipt(receipt, verified.evidence, hexdigest(verified.digest))
 
     def handler(self, partner: str) -> Any:
         """The consumer callback for one partner's queue."""

@@ -110,6 +110,8 @@ class Verified:
     root: etree._Element
     signer: x509.Certificate
     digest: str
+    #: the exclusive C14N of the whole document (comments excluded): ``digest`` is its SHA-256
+    evidence: bytes
 
 
 def cert_fingerprint(cert: x509.Certificate) -> str:
@@ -123,8 +125,14 @@ def document_digest(root: etree._Element) -> str:
     Comments are excluded and a ``ds:Signature`` is included: this is the digest
     a receipt quotes for the envelope it answers.
     """
-    c14n = etree.tostring(root.getroottree(), method="c14n", exclusive=True, with_comments=False)
-    return "sha256:" + hashlib.sha256(c14n).hexdigest()
+    return "sha256:" + hashlib.sha256(document_c14n(root)).hexdigest()
+
+
+def document_c14n(root: etree._Element) -> bytes:
+    """The exclusive C14N (comments excluded) of the whole document of ``root``."""
+    return bytes(
+        etree.tostring(root.getroottree(), method="c14n", exclusive=True, with_comments=False)
+    )
 
 
 @functools.lru_cache(maxsize=256)
@@ -267,13 +275,15 @@ def verify(
     *,
     profile: Profile = "strict",
     at: datetime | None = None,
+    evidence: bytes | None = None,
 ) -> Verified:
     """Verify the one XML signature of a document against pinned certificates.
 
     ``data`` is either untrusted bytes (parsed with :func:`gateway.xmlsafe.parse`
     and its default limits) or the root element of an already safely parsed
     document. ``at`` is the time the signing certificate must be valid at
-    (default: now).
+    (default: now). ``evidence``: the caller's :func:`document_c14n` of this very
+    document, if it already computed it (it is computed once per message).
 
     Raises:
         EnvelopeError: ``SIZE_LIMIT``, ``XML_UNSAFE``, ``SCHEMA_INVALID`` from parsing.
@@ -322,7 +332,10 @@ def verify(
             code="SIG_INVALID",
             signer=cert_fingerprint(signer),
         ) from exc
-    return Verified(root=target, signer=signer, digest=document_digest(root))
+    if evidence is None:
+        evidence = document_c14n(root)
+    digest = "sha256:" + hashlib.sha256(evidence).hexdigest()
+    return Verified(root=target, signer=signer, digest=digest, evidence=evidence)
 
 
 def _the_signature(root: etree._Element) -> etree._Element:
