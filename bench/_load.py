@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import json
 import math
 import time
@@ -118,7 +119,7 @@ class Collector:
         self, connection: Any, queue_name: str, *, events_queue: str | None = None
     ) -> AbstractChannel:
         """Consume ``queue_name`` (and ``events_queue``) with automatic acks."""
-        channel = await connection.channel()
+        channel: AbstractChannel = await connection.channel()
         await channel.set_qos(prefetch_count=1000)
         queue = await channel.get_queue(queue_name, ensure=True)
         await queue.consume(self.on_message, no_ack=True)
@@ -241,10 +242,8 @@ async def drive(
             stalled = True
             break
         collector.progress.clear()
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(collector.progress.wait(), timeout=1.0)
-        except TimeoutError:
-            pass
     finished = time.monotonic()
     # keep consuming briefly so that a duplicate would be counted too
     await asyncio.sleep(linger)

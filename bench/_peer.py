@@ -51,18 +51,14 @@ async def receiver(config: str, queue_name: str, port: int) -> None:
     app.router.add_post("/v1/messages", handle)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(
-        runner, s.partner_api.host, port, ssl_context=ctx, reuse_address=True
-    )
+    site = web.TCPSite(runner, s.partner_api.host, port, ssl_context=ctx, reuse_address=True)
     await site.start()
     await _until_signalled()
     await runner.cleanup()
     await connection.close()
 
 
-async def sender(
-    config: str, partner: str, queue_name: str, concurrency: int, port: int
-) -> None:
+async def sender(config: str, partner: str, queue_name: str, concurrency: int, port: int) -> None:
     s = load_settings(config)
     target = s.partners[partner]
     ctx = TrustStore(s.partners).client_context(partner, s.tls)

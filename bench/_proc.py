@@ -23,6 +23,26 @@ def cpu_seconds(pid: int) -> float:
     return (utime + stime) / CLOCK_TICKS
 
 
+def tree(pid: int) -> list[int]:
+    """``pid`` and all its descendants (a gateway run with ``--workers`` is several processes)."""
+    out, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        out.append(current)
+        try:
+            for task in os.listdir(f"/proc/{current}/task"):
+                with open(f"/proc/{current}/task/{task}/children", encoding="ascii") as fh:
+                    todo.extend(int(c) for c in fh.read().split())
+        except OSError:
+            continue
+    return out
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of ``pid`` and its living descendants."""
+    return sum(cpu_seconds(p) for p in tree(pid))
+
+
 def memory_mb(pid: int, field: str = "VmHWM") -> float:
     """A ``/proc/<pid>/status`` memory field in MB (VmHWM: peak RSS; VmRSS: current)."""
     try:
@@ -83,7 +103,7 @@ class CpuMeter:
     _begin: dict[str, float] | None = None
 
     def _now(self) -> dict[str, float]:
-        now = {name: cpu_seconds(pid) for name, pid in self.pids.items() if pid}
+        now = {name: tree_cpu_seconds(pid) for name, pid in self.pids.items() if pid}
         now["loadgen"] = self_cpu_seconds()
         now["machine_busy"], now["machine_total"] = machine_busy()
         return now

@@ -23,12 +23,18 @@ CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("TLS (ssl, asyncio sslproto)", ("ssl.py", "sslproto.py")),
     ("AMQP client (aio-pika, aiormq, pamqp)", ("aio_pika", "aiormq", "pamqp")),
     ("HTTP (aiohttp, multidict, yarl)", ("aiohttp", "multidict", "yarl")),
-    ("signing and XML (gateway.signing, envelope, xmlsafe, lxml)", ("signing.py", "envelope.py", "xmlsafe.py", "lxml")),
+    (
+        "signing and XML (gateway.signing, envelope, xmlsafe, lxml)",
+        ("signing.py", "envelope.py", "xmlsafe.py", "lxml"),
+    ),
     ("audit log and state store (sqlite)", ("audit", "store.py", "sqlite", "aiosqlite")),
     ("translation (adapters, jsonschema)", ("adapters/", "jsonschema", "xmlschema")),
     ("policy", ("policy.py",)),
     ("logging (structlog, json)", ("structlog", "logging/", "json/")),
-    ("pipelines (gateway.inbound, outbound, relay, delivery)", ("inbound.py", "outbound.py", "relay.py", "delivery.py", "runtime.py")),
+    (
+        "pipelines (gateway.inbound, outbound, relay, delivery)",
+        ("inbound.py", "outbound.py", "relay.py", "delivery.py", "runtime.py"),
+    ),
     ("asyncio event loop", ("asyncio/", "selectors.py")),
     ("thread hand-offs (run_in_executor, to_thread)", ("concurrent/futures", "threading.py")),
 )
@@ -40,7 +46,13 @@ def py_spy() -> str | None:
     return str(here) if here.exists() else shutil.which("py-spy")
 
 
-def record(pids: dict[str, int], out_dir: Path, seconds: int) -> dict[str, tuple[Any, Path]]:
+def record(
+    pids: dict[str, int],
+    out_dir: Path,
+    seconds: int,
+    prefix: str = "profile",
+    extra: tuple[str, ...] = (),
+) -> dict[str, tuple[Any, Path]]:
     """Start one py-spy per process; returns name -> (Popen, collapsed-stacks path)."""
     exe = py_spy()
     if exe is None:
@@ -48,7 +60,7 @@ def record(pids: dict[str, int], out_dir: Path, seconds: int) -> dict[str, tuple
     out_dir.mkdir(parents=True, exist_ok=True)
     running: dict[str, tuple[Any, Path]] = {}
     for name, pid in pids.items():
-        path = out_dir / f"profile-{name}.txt"
+        path = out_dir / f"{prefix}-{name}.txt"
         proc = subprocess.Popen(
             [
                 exe,
@@ -60,6 +72,7 @@ def record(pids: dict[str, int], out_dir: Path, seconds: int) -> dict[str, tuple
                 "--rate",
                 "200",
                 "--nonblocking",
+                *extra,
                 "--format",
                 "raw",
                 "--output",

@@ -58,9 +58,7 @@ def verdicts(steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
             out.append({"target": name, "goal": target, "measured": None, "met": None})
             return
         met = measured >= target if higher_is_better else measured <= target
-        out.append(
-            {"target": name, "goal": target, "measured": round(measured, 2), "met": met}
-        )
+        out.append({"target": name, "goal": target, "measured": round(measured, 2), "met": met})
 
     best = max((s["throughput"] for s in e2e if not math.isnan(s["throughput"])), default=None)
     add("end-to-end msg/s (best load)", TARGETS["e2e_msgs_per_s"], best, True)
@@ -158,7 +156,11 @@ def chart(steps: list[dict[str, Any]], path: Path) -> str | None:
         ax1.plot(xs, [s["throughput"] for s in rows], marker="o", label=mode)
         ax2.plot(xs, [s["latency_ms"]["p50"] for s in rows], marker="o", label=f"{mode} p50")
         ax2.plot(
-            xs, [s["latency_ms"]["p99"] for s in rows], marker="x", linestyle="--", label=f"{mode} p99"
+            xs,
+            [s["latency_ms"]["p99"] for s in rows],
+            marker="x",
+            linestyle="--",
+            label=f"{mode} p99",
         )
     offered = [s["offered"] for s in steps if s["offered"] is not None]
     if offered:

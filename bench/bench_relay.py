@@ -55,9 +55,13 @@ async def raw_loop(n: int, prefetch: int) -> float:
         async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
             nonlocal count
             await inbound.publish(
-                aio_pika.Message(message.body, message_id=message.message_id,
-                                 delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
-                routing_key="XB.maa.request", mandatory=True,
+                aio_pika.Message(
+                    message.body,
+                    message_id=message.message_id,
+                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                ),
+                routing_key="XB.maa.request",
+                mandatory=True,
             )
             await message.ack()
             count += 1
@@ -86,9 +90,14 @@ async def relay_loop(n: int, prefetch: int) -> float:
 
         async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
             nonlocal count
-            await relay.publish(names.inbound, "XB.maa.request", message.body,
-                                message_id=message.message_id, message_type="maa.request",
-                                headers={"x-maagw-sender": "XA"})
+            await relay.publish(
+                names.inbound,
+                "XB.maa.request",
+                message.body,
+                message_id=message.message_id,
+                message_type="maa.request",
+                headers={"x-maagw-sender": "XA"},
+            )
             await message.ack()
             count += 1
             if count == n:
@@ -116,10 +125,14 @@ async def main() -> None:
         relays.append(await relay_loop(args.messages, args.prefetch))
     raw, rel = max(raws), max(relays)
     print(f"messages per round: {args.messages}, prefetch {args.prefetch}, quorum queues")
-    print(f"raw aio-pika consume->publish(confirm)->ack : {raw:8.0f} msg/s  (rounds: "
-          f"{', '.join(f'{r:.0f}' for r in raws)})")
-    print(f"gateway Relay, same path                    : {rel:8.0f} msg/s  (rounds: "
-          f"{', '.join(f'{r:.0f}' for r in relays)})")
+    print(
+        f"raw aio-pika consume->publish(confirm)->ack : {raw:8.0f} msg/s  (rounds: "
+        f"{', '.join(f'{r:.0f}' for r in raws)})"
+    )
+    print(
+        f"gateway Relay, same path                    : {rel:8.0f} msg/s  (rounds: "
+        f"{', '.join(f'{r:.0f}' for r in relays)})"
+    )
     print(f"relay / raw                                 : {rel / raw:8.2f}")
 
 
