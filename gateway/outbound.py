@@ -307,10 +307,14 @@ class OutboundPipeline:
             )
         )
         assert agreement is not None  # an allow names its agreement
-        redacted = Document(
-            document.message_type,
-            apply_redactions(document.body, decision.redactions),
-            document.attachments,
+        redacted = (
+            Document(
+                document.message_type,
+                apply_redactions(document.body, decision.redactions),
+                document.attachments,
+            )
+            if decision.redactions
+            else document  # nothing to remove: no copy of the body
         )
         exchange = adapters.get(agreement.exchange_format)
         payload = exchange.encode(redacted)
