@@ -44,7 +44,14 @@ lint: venv
 certs: venv
 	@bash deploy/scripts/dev-certs.sh
 
-bench: venv services
+BENCH_STAMP := $(VENV)/.bench-installed
+
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
+	@touch $(BENCH_STAMP)
+
+# the full run takes about ten minutes; BENCH_ARGS=--smoke for a quick check
+bench: $(BENCH_STAMP) services
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 clean:

@@ -98,7 +98,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="1,2",
         help="worker processes per gateway for the batched variants, comma-separated",
     )
-    p.add_argument("--concurrency", type=int, default=32, help="[delivery] concurrency")
+    p.add_argument(
+        "--concurrency",
+        type=int,
+        default=256,
+        help="the gateways' [delivery] concurrency (prefetch; a batch fills from it)",
+    )
     p.add_argument(
         "--connections", type=int, default=16, help="inbound mode: concurrent keep-alive clients"
     )

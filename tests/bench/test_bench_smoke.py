@@ -75,7 +75,7 @@ def test_smoke_run_delivers_every_message_exactly_once(rabbitmq: str, tmp_path: 
     (step,) = doc["steps"]
     n = doc["settings"]["messages_per_step"]
     assert n >= 100
-    assert step["mode"] == "e2e"
+    assert step["mode"] == "e2e-batched"
     assert (step["sent"], step["received"], step["unique"]) == (n, n, n)
     assert (step["lost"], step["duplicated"], step["stalled"]) == (0, 0, False)
     assert step["events"] == {"delivered": n}
