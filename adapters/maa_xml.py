@@ -164,31 +164,37 @@ def _write(
                 location=f"{path}.{key}",
                 format=fmt,
             )
+    # paths are built only where needed (a nested object, an error): this runs per field
     for field in complex_type.fields:
         value = obj.get(field.key)
         if value is None:
             continue
-        where = f"{path}.{field.key}"
         if field.many and not isinstance(value, list):
             raise EncodeError(
-                "expected a list", code="TRANSLATE_ENCODE", location=where, format=fmt
+                "expected a list",
+                code="TRANSLATE_ENCODE",
+                location=f"{path}.{field.key}",
+                format=fmt,
             )
-        items = enumerate(value) if field.many else ((None, value),)
-        for i, item in items:
-            here = where if i is None else f"{where}[{i}]"
-            element = etree.SubElement(parent, field.qname)
-            if isinstance(field.type, spec.Complex):
-                _write(element, field.type, item, here, fmt)
+        kind, qname = field.type, field.qname
+        for i, item in enumerate(value) if field.many else ((None, value),):
+            element = etree.SubElement(parent, qname)
+            if isinstance(kind, spec.Complex):
+                _write(element, kind, item, _where(path, field.key, i), fmt)
                 continue
             try:
-                element.text = field.type.to_text(item)
+                element.text = kind.to_text(item)
             except (TypeError, ValueError) as exc:
                 raise EncodeError(
                     f"cannot be written as XML text: {exc}",
                     code="TRANSLATE_ENCODE",
-                    location=here,
+                    location=_where(path, field.key, i),
                     format=fmt,
                 ) from exc
+
+
+def _where(path: str, key: str, index: int | None) -> str:
+    return f"{path}.{key}" if index is None else f"{path}.{key}[{index}]"
 
 
 def _json_path(root: etree._Element, root_spec: spec.Complex, xpath: str) -> str:
