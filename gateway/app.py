@@ -605,7 +605,9 @@ def _agreement_changes(old: Settings, new: Settings, actor: str) -> list[AuditEv
     changes: list[AuditEvent] = []
     for agreement_id in sorted(set(old.agreements) | set(new.agreements)):
         before, after = old.agreements.get(agreement_id), new.agreements.get(agreement_id)
-        if before == after:
+        # compare the agreements' terms: model equality would also compare the private
+        # precomputed look-up tables, which are new objects after every load
+        if (before and before.model_dump()) == (after and after.model_dump()):
             continue
         what = "added" if before is None else "removed" if after is None else "changed"
         current = after or before

@@ -125,10 +125,14 @@ def serve(
     from gateway.app import Gateway
 
     settings = settings_from(config_path)
+    parent = ctx.parent.params if ctx.parent else {}
+    # the long-running command: loggers may cache their configuration
+    logsetup.configure(
+        parent.get("log_format", "auto"), parent.get("log_level", "INFO"), cache=True
+    )
     if workers > 1 and worker_index is None:
         from gateway.workers import Supervisor
 
-        parent = ctx.parent.params if ctx.parent else {}
         log_args = [
             "--log-format",
             parent.get("log_format", "auto"),

@@ -15,8 +15,13 @@ import structlog
 LogFormat = Literal["auto", "json", "console"]
 
 
-def configure(fmt: LogFormat = "auto", level: str = "INFO") -> None:
-    """Configure structlog and the standard library's root logger once per process."""
+def configure(fmt: LogFormat = "auto", level: str = "INFO", *, cache: bool = False) -> None:
+    """Configure structlog and the standard library's root logger.
+
+    ``cache``: each logger keeps the configuration of its first use (faster; for the
+    long-running ``serve``). Off for the short commands, so that a later configure
+    (or a test capturing logs in the same process) still reaches every logger.
+    """
     if fmt == "auto":
         fmt = "console" if sys.stderr.isatty() else "json"
     renderer: structlog.typing.Processor
@@ -36,7 +41,7 @@ def configure(fmt: LogFormat = "auto", level: str = "INFO") -> None:
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
-        cache_logger_on_first_use=True,
+        cache_logger_on_first_use=cache,
     )
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(name)s %(message)s")
 

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import structlog
 
 from gateway.config import Settings
 from gateway.relay import Names
@@ -13,6 +14,16 @@ from gateway.testing import RABBITMQ_URL, delete_topology, provision_pair, requi
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHARED_TESTDATA = PROJECT_ROOT.parent / "shared" / "testdata"
+
+
+@pytest.fixture(autouse=True)
+def _fresh_logging() -> None:
+    """Each test starts with structlog's defaults, whatever a CLI command configured before.
+
+    A command run in-process (CliRunner) configures logging, perhaps at WARNING; a later
+    test capturing logs must still see every line.
+    """
+    structlog.reset_defaults()
 
 
 @pytest.fixture
