@@ -1,7 +1,8 @@
 """The baseline's two processes: the raw components on the gateway's path, without its logic.
 
-``sender``   consumes a queue (manual acks, ``--concurrency`` in flight) and POSTs each
-             body over mutual TLS with keep-alive to the receiver; acks after the answer.
+``sender``   consumes a queue (manual acks, ``--prefetch`` in flight) and POSTs each
+             body over ``--concurrency`` keep-alive mutual-TLS connections to the receiver;
+             acks after the answer.
 ``receiver`` an aiohttp server over mutual TLS whose handler publishes the body to a
              queue with a confirm and answers 200.
 
@@ -58,7 +59,9 @@ async def receiver(config: str, queue_name: str, port: int) -> None:
     await connection.close()
 
 
-async def sender(config: str, partner: str, queue_name: str, concurrency: int, port: int) -> None:
+async def sender(
+    config: str, partner: str, queue_name: str, concurrency: int, prefetch: int, port: int
+) -> None:
     s = load_settings(config)
     target = s.partners[partner]
     ctx = TrustStore(s.partners).client_context(partner, s.tls)
@@ -67,7 +70,7 @@ async def sender(config: str, partner: str, queue_name: str, concurrency: int, p
     session = aiohttp.ClientSession(connector=connector)
     connection = await aio_pika.connect_robust(s.broker.url)
     channel = await connection.channel()
-    await channel.set_qos(prefetch_count=concurrency)
+    await channel.set_qos(prefetch_count=prefetch)
     queue = await channel.get_queue(queue_name, ensure=True)
 
     async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
@@ -103,13 +106,18 @@ def main() -> None:
     parser.add_argument("--config", required=True)
     parser.add_argument("--queue", required=True)
     parser.add_argument("--partner", default="XB")
-    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--concurrency", type=int, default=32, help="connections")
+    parser.add_argument("--prefetch", type=int, default=256, help="messages in flight")
     parser.add_argument("--port", type=int, required=True, help="the receiver's port")
     args = parser.parse_args()
     if args.role == "receiver":
         asyncio.run(receiver(args.config, args.queue, args.port))
     else:
-        asyncio.run(sender(args.config, args.partner, args.queue, args.concurrency, args.port))
+        asyncio.run(
+            sender(
+                args.config, args.partner, args.queue, args.concurrency, args.prefetch, args.port
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -153,13 +153,21 @@ def chart(steps: list[dict[str, Any]], path: Path) -> str | None:
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.8))
     for mode, rows in series.items():
         xs = [x[offered_label(s["offered"])] for s in rows]
-        ax1.plot(xs, [s["throughput"] for s in rows], marker="o", label=mode)
-        ax2.plot(xs, [s["latency_ms"]["p50"] for s in rows], marker="o", label=f"{mode} p50")
+        (line,) = ax1.plot(xs, [s["throughput"] for s in rows], marker="o", label=mode)
+        colour = line.get_color()  # one colour per mode in both panels
+        ax2.plot(
+            xs,
+            [s["latency_ms"]["p50"] for s in rows],
+            marker="o",
+            color=colour,
+            label=f"{mode} p50",
+        )
         ax2.plot(
             xs,
             [s["latency_ms"]["p99"] for s in rows],
             marker="x",
             linestyle="--",
+            color=colour,
             label=f"{mode} p99",
         )
     offered = [s["offered"] for s in steps if s["offered"] is not None]

@@ -101,8 +101,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--concurrency",
         type=int,
+        default=32,
+        help="the gateways' [delivery] concurrency (parallel requests per partner)",
+    )
+    p.add_argument(
+        "--prefetch",
+        type=int,
         default=256,
-        help="the gateways' [delivery] concurrency (prefetch; a batch fills from it)",
+        help="the gateways' [broker] prefetch (messages in flight; a batch fills from them)",
     )
     p.add_argument(
         "--connections", type=int, default=16, help="inbound mode: concurrent keep-alive clients"
@@ -247,7 +253,7 @@ class Bench:
             RABBITMQ_URL,
             prefixes={"XA": prefix + "xa.", "XB": prefix + "xb."},
             agreements_dir=agreements,
-            extra={"delivery": delivery},
+            extra={"delivery": delivery, "broker": f"prefetch = {self.args.prefetch}"},
             batch_max=32 if batch else 1,
         )
         self.settings = {gid: load_settings(p.config) for gid, p in prov.items()}
@@ -451,7 +457,12 @@ class Bench:
         self.procs["receiver"] = _spawn_peer(
             "receiver", self.settings["XB"].path, ["--queue", names["out"], *port_arg], self.root
         )
-        concurrency = ["--concurrency", str(self.args.concurrency)]
+        concurrency = [
+            "--concurrency",
+            str(self.args.concurrency),
+            "--prefetch",
+            str(self.args.prefetch),
+        ]
         self.procs["sender"] = _spawn_peer(
             "sender",
             self.settings["XA"].path,
@@ -618,6 +629,7 @@ class Bench:
                 "loads": [_report.offered_label(x) for x in self.args.load_list],
                 "payload": f"{REQUEST_JSON.relative_to(PROJECT)} ({REQUEST_JSON.stat().st_size} B)",
                 "delivery_concurrency": self.args.concurrency,
+                "broker_prefetch": self.args.prefetch,
                 "variants": [{"batching": b, "workers": w} for b, w in self.args.variants],
                 "inbound_connections": self.args.connections,
                 "queues": "quorum (the gateway's topology); baseline uses quorum queues too",

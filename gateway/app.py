@@ -203,7 +203,7 @@ class Gateway:
             s.broker.url,
             Names(s.broker.prefix),
             confirm_timeout=s.broker.confirm_timeout,
-            prefetch=s.delivery.concurrency,
+            prefetch=s.broker.prefetch,
             connection_name=f"maagw-{s.broker.prefix}{s.gateway_id}",
         )
         try:

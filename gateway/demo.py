@@ -127,6 +127,7 @@ def provision(
             "[broker]",
             f'url = "{broker_url}"',
             f'prefix = "{prefixes[gid]}"',
+            *([extra["broker"]] if extra and "broker" in extra else []),
             "",
             "[audit]",
             'url = "audit.db"',
@@ -135,7 +136,8 @@ def provision(
         if "delivery" not in (extra or {}):
             lines += ["[delivery]", "backoff_initial = 1.0", ""]
         for section, body in (extra or {}).items():
-            lines += [f"[{section}]", body, ""]
+            if section != "broker":  # merged into the [broker] table above
+                lines += [f"[{section}]", body, ""]
         config = base / "gateway.toml"
         config.write_text("\n".join(lines))
         result[gid] = Provisioned(gid, config, prefixes[gid], *ports[gid])

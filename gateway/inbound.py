@@ -243,9 +243,10 @@ class InboundPipeline:
                 return Outcome(429, None, retry_after=max(1.0, decision.retry_after or 1.0))
             raise PolicyViolation(decision.reason, code=decision.code)
         target = adapters.get(rt.settings.back_office.inbound_format)
-        # the back office reading the exchange format gets the very payload the partner
-        # signed (it was validated by decode above); any other format is translated
-        translated = env.payload if target.name == exchange.name else target.encode(document)
+        # always written anew from what the policy saw, also into the exchange format: the
+        # partner's own bytes could be read differently by the back office (a comment
+        # inside a text, duplicate JSON keys, another encoding)
+        translated = target.encode(document)
         try:
             await rt.relay.publish(
                 rt.relay.names.inbound,

@@ -283,7 +283,8 @@ def verify(
     and its default limits) or the root element of an already safely parsed
     document. ``at`` is the time the signing certificate must be valid at
     (default: now). ``evidence``: the caller's :func:`document_c14n` of this very
-    document, if it already computed it (it is computed once per message).
+    document, if it already computed it (it is computed once per message); it is
+    trusted, not recomputed, and becomes ``Verified.evidence`` and ``Verified.digest``.
 
     Raises:
         EnvelopeError: ``SIZE_LIMIT``, ``XML_UNSAFE``, ``SCHEMA_INVALID`` from parsing.

@@ -171,7 +171,9 @@ class Store:
                 try:
                     outcomes = await self._run(self._commit_batch, [fn for fn, _ in batch])
                 except Exception as exc:
-                    outcomes = [(False, StoreError(str(exc))) for _ in batch]
+                    # _run already made an sqlite3 error a StoreError: keep its reason
+                    reason = exc.reason if isinstance(exc, GatewayError) else str(exc)
+                    outcomes = [(False, StoreError(reason)) for _ in batch]
                 for (_, future), (ok, value) in zip(batch, outcomes, strict=True):
                     if not future.done():
                         if ok:
@@ -207,11 +209,12 @@ class Store:
                     )
                     outcomes.append((False, error))
                 db.execute("RELEASE one")
+            db.execute("COMMIT")
         except BaseException:
+            # a failed COMMIT may leave the transaction open: the next BEGIN would fail
             if db.in_transaction:
                 db.execute("ROLLBACK")
             raise
-        db.execute("COMMIT")
         return outcomes
 
     # -- outbox ---------------------------------------------------------------------------

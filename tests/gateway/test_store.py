@@ -1,0 +1,100 @@
+"""The state store's group commit: durable per call, failures isolated, usable after a failed commit."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from gateway.store import Store, StoreError
+
+
+def _committed(path: Path, message_id: str) -> bool:
+    """Whether another connection sees ``message_id`` in the outbox (i.e. it is committed)."""
+    with sqlite3.connect(path) as other:
+        return (
+            other.execute("SELECT 1 FROM outbox WHERE message_id = ?", (message_id,)).fetchone()
+            is not None
+        )
+
+
+async def test_each_call_returns_only_after_its_write_is_committed(tmp_path: Path) -> None:
+    """Many concurrent calls share commits, yet each one's row is visible elsewhere when it returns."""
+    path = tmp_path / "state.db"
+    store = await Store.open(path)
+    try:
+
+        async def put(i: int) -> bool:
+            await store.outbox_put(f"m-{i}", "XB", b"<signed/>", f"sha256:{i:064x}")
+            return await asyncio.to_thread(_committed, path, f"m-{i}")
+
+        seen = await asyncio.gather(*(put(i) for i in range(200)))
+        assert all(seen)
+        assert await store.outbox_get("m-199") == (b"<signed/>", f"sha256:{199:064x}")
+    finally:
+        await store.close()
+
+
+async def test_a_failing_call_is_rolled_back_alone(tmp_path: Path) -> None:
+    """A call that fails in a shared transaction fails alone; the calls beside it commit."""
+    path = tmp_path / "state.db"
+    store = await Store.open(path)
+    try:
+
+        def broken(db: sqlite3.Connection) -> None:
+            db.execute("INSERT INTO outbox VALUES ('half', 'XB', 'd', x'00', 0)")
+            db.execute("INSERT INTO no_such_table VALUES (1)")
+
+        results = await asyncio.gather(
+            *(store.outbox_put(f"m-{i}", "XB", b"x", "d") for i in range(20)),
+            store._tx(broken),
+            *(store.outbox_put(f"n-{i}", "XB", b"x", "d") for i in range(20)),
+            return_exceptions=True,
+        )
+        failures = [r for r in results if isinstance(r, BaseException)]
+        assert len(failures) == 1 and isinstance(failures[0], StoreError)
+        assert "no_such_table" in str(failures[0])
+        # the failing call's first insert was undone with it
+        assert not _committed(path, "half")
+        assert all(_committed(path, f"{p}-{i}") for p in "mn" for i in range(20))
+    finally:
+        await store.close()
+
+
+async def test_a_failed_commit_fails_its_batch_and_leaves_the_store_usable(tmp_path: Path) -> None:
+    """When COMMIT itself fails, every caller of that batch gets an error and the next call works."""
+    store = await Store.open(tmp_path / "state.db")
+    try:
+
+        def prepare(db: sqlite3.Connection) -> None:
+            db.execute("CREATE TABLE parent (id INTEGER PRIMARY KEY)")
+            db.execute(
+                "CREATE TABLE child (parent INTEGER REFERENCES parent(id) "
+                "DEFERRABLE INITIALLY DEFERRED)"
+            )
+
+        await store._tx(prepare)
+        assert store._db is not None
+        db = store._db
+        await store._run(lambda: db.execute("PRAGMA foreign_keys = ON"))
+        # the deferred foreign key is checked only at COMMIT
+        results = await asyncio.gather(
+            store._tx(lambda db: db.execute("INSERT INTO child VALUES (42)")),
+            store._tx(lambda db: db.execute("INSERT INTO child VALUES (43)")),
+            return_exceptions=True,
+        )
+        assert all(isinstance(r, StoreError) for r in results), results
+        await store.outbox_put("after", "XB", b"x", "d")
+        assert await store.outbox_get("after") == (b"x", "d")
+    finally:
+        await store.close()
+
+
+async def test_a_call_after_close_is_refused(tmp_path: Path) -> None:
+    """A closed store answers with a StoreError, not a hang."""
+    store = await Store.open(tmp_path / "state.db")
+    await store.close()
+    with pytest.raises(StoreError):
+        await store.outbox_get("m")
