@@ -25,6 +25,7 @@ import signal
 import socket
 import ssl
 from collections import Counter
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,7 @@ from gateway import admin, certs, tasks
 from gateway.audit import AuditEvent, AuditLog
 from gateway.config import Settings
 from gateway.delivery import PartnerClient
-from gateway.errors import AuthError, GatewayError
+from gateway.errors import AuthError, GatewayError, RelayError
 from gateway.inbound import PIPELINE, RUNTIME, InboundPipeline, handle_messages
 from gateway.outbound import OutboundPipeline
 from gateway.relay import Names, Relay
@@ -378,6 +379,30 @@ class Gateway:
                 return ReloadResult(False, actor, code=exc.code, reason=exc.reason)
             return await self._install(material, actor)
 
+    async def _follow_partners(self, added: Sequence[str]) -> list[str]:
+        """Declare and consume the outbound queues of partners a reload added.
+
+        A removed partner's consumer stays: what is still queued for it is dead-lettered
+        with ``PARTNER_UNKNOWN`` (the back office hears of it), not left unseen.
+        """
+        warnings: list[str] = []
+        if not added or self._outbound is None:
+            return warnings
+        relay = self.runtime.relay
+        try:
+            await relay.add_partners(added)
+            for partner in added:
+                await relay.consume(
+                    relay.names.outbound_queue(partner), self._outbound.handler(partner)
+                )
+        except RelayError as exc:
+            log.warning("reload_consumers_failed", partners=",".join(added), reason=exc.reason)
+            warnings.append(
+                f"outbound queues of {', '.join(added)} not consumed yet ({exc.reason}); "
+                "reload again or restart once the broker is reachable"
+            )
+        return warnings
+
     async def _install(self, m: Material, actor: str) -> ReloadResult:
         old = self.settings
         closing, kept = closures(m.trust, self.connections)
@@ -401,11 +426,7 @@ class Gateway:
             self.connections.pop(partner, None)
         added = tuple(sorted(set(m.settings.partners) - set(old.partners)))
         removed = tuple(sorted(set(old.partners) - set(m.settings.partners)))
-        warnings = []
-        if added or removed:
-            warnings.append(
-                "outbound consumers follow added or removed partners only after a restart"
-            )
+        warnings = await self._follow_partners(added)
         result = ReloadResult(
             True,
             actor,

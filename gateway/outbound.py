@@ -118,6 +118,11 @@ class Batcher:
         self._pending: list[tuple[bytes, asyncio.Future[VerifiedReceipt]]] = []
         self._timer: asyncio.TimerHandle | None = None
 
+    @property
+    def settings(self) -> tuple[int, float]:
+        """(batch size, wait in seconds)."""
+        return self._size, self._wait
+
     async def send(self, signed: bytes) -> VerifiedReceipt:
         """Add an envelope to the next batch and wait for that batch's receipt."""
         loop = asyncio.get_running_loop()
@@ -159,11 +164,20 @@ class OutboundPipeline:
     def __init__(self, runtime: Runtime) -> None:
         self.rt = runtime
         self._inflight: set[asyncio.Task[Any]] = set()
-        self._batchers: dict[str, Batcher] = {
-            pid: Batcher(self, pid, p.batch_max, p.batch_wait_ms / 1000)
-            for pid, p in runtime.settings.partners.items()
-            if p.batch_max > 1
-        }
+        self._batchers: dict[str, Batcher] = {}
+
+    def batcher(self, partner: str) -> Batcher | None:
+        """The partner's batcher while its settings batch (they may change on reload)."""
+        p = self.rt.settings.partners.get(partner)
+        if p is None or p.batch_max <= 1:
+            return None
+        current = self._batchers.get(partner)
+        if current is None or current.settings != (p.batch_max, p.batch_wait_ms / 1000):
+            # a replaced batcher still sends what it gathered, on its own timer
+            current = self._batchers[partner] = Batcher(
+                self, partner, p.batch_max, p.batch_wait_ms / 1000
+            )
+        return current
 
     async def post_and_verify(self, partner: str, envelopes: list[bytes]) -> VerifiedReceipt:
         """POST one envelope, or several as a batch; verify the signed receipt list once."""
@@ -405,7 +419,7 @@ class OutboundPipeline:
     ) -> tuple[str, str | None, str | None]:
         """POST and verify the receipt; returns (status, code, reason) from its entry."""
         rt = self.rt
-        batcher = self._batchers.get(out.partner)
+        batcher = self.batcher(out.partner)
         if batcher is not None:
             verified = await batcher.send(signed)
         else:

@@ -296,6 +296,15 @@ class Relay:
             content_type="application/json",
         )
 
+    async def add_partners(self, partners: Iterable[str]) -> None:
+        """Declare the queues of partners added by a reload (idempotent for the rest)."""
+        if self._channel is None or self._channel.is_closed:
+            raise RelayError("the broker is not connected")
+        try:
+            await self._declare(self._channel, topology(self.names, partners))
+        except (TimeoutError, aiormq.exceptions.AMQPError, OSError, RuntimeError) as exc:
+            raise RelayError(f"cannot declare the queues of {', '.join(partners)}: {exc}") from exc
+
     async def consume(self, queue_name: str, handler: Handler) -> None:
         """Consume a queue with manual acks on its own channel, ``prefetch`` at a time."""
         if self._connection is None:

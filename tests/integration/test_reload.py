@@ -245,3 +245,40 @@ async def test_sighup_reloads(setup: Setup) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
         await serving  # run_until_signalled stops the gateway
         setup.stopped = True
+
+
+async def test_a_partner_added_by_reload_has_its_outbound_queue_consumed(setup: Setup) -> None:
+    """A partner file added before a reload gets its outbound queue declared and consumed, batching as configured."""
+    import shutil
+
+    import aio_pika
+
+    from gateway.testing import RABBITMQ_URL
+
+    xc = setup.root / "XC"
+    certs.init_ca("XC Customs Gateway CA", xc / "ca")
+    certs.issue(xc / "ca", "signing", "signing", xc / "certs")
+    partners = setup.root / "XB" / "partners"
+    shutil.copy(xc / "ca" / "ca.pem", partners / "certs" / "XC-ca.pem")
+    shutil.copy(xc / "certs" / "signing.pem", partners / "certs" / "XC-signing.pem")
+    (partners / "XC.toml").write_text(
+        'id = "XC"\nname = "Customs administration XC"\nurl = "https://127.0.0.1:9"\n'
+        'server_name = "gw.xc.test"\nca = "certs/XC-ca.pem"\n'
+        'signing_certs = ["certs/XC-signing.pem"]\nbatch_max = 4\nbatch_wait_ms = 20\n'
+    )
+    queue = setup.xb.runtime.relay.names.outbound_queue("XC")
+    assert setup.xb._outbound is not None
+    assert setup.xb._outbound.batcher("XC") is None
+    connection = await aio_pika.connect(RABBITMQ_URL)
+    try:
+        result = await setup.xb.reload("alice")
+        assert (result.ok, result.added, result.warnings) == (True, ("XC",), ())
+        channel = await connection.channel()
+        declared = await channel.declare_queue(queue, passive=True)
+        assert declared.declaration_result.consumer_count == 1
+        batcher = setup.xb._outbound.batcher("XC")
+        assert batcher is not None and batcher.settings == (4, 0.02)
+    finally:
+        channel = await connection.channel()
+        await channel.queue_delete(queue)
+        await connection.close()
