@@ -24,6 +24,7 @@ import os
 import signal
 import socket
 import ssl
+import time
 from collections import Counter
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -43,7 +44,7 @@ from gateway.inbound import PIPELINE, RUNTIME, InboundPipeline, handle_messages
 from gateway.outbound import OutboundPipeline
 from gateway.relay import Names, Relay
 from gateway.reload import Material, ReloadResult, closures, load_material, own_certificates
-from gateway.runtime import Runtime
+from gateway.runtime import DUPLICATE_RETENTION_SECONDS, Runtime
 from gateway.signing import Signer
 from gateway.store import Store
 from gateway.tls import TrustStore, peer_der
@@ -56,6 +57,8 @@ SHUTDOWN_GRACE_SECONDS = 10.0
 HANDSHAKE_TIMEOUT_SECONDS = 10.0
 #: how often the expiry watch looks at the configured certificates
 EXPIRY_CHECK_SECONDS = 24 * 3600.0
+#: how often the state store forgets claims and outbox entries past the replay window
+HOUSEKEEPING_SECONDS = 3600.0
 
 
 class _ConnectionGate(asyncio.Protocol):
@@ -182,6 +185,7 @@ class Gateway:
         self._reload_lock = asyncio.Lock()
         self._retired_clients: set[PartnerClient] = set()
         self._watch: asyncio.Task[None] | None = None
+        self._housekeeping: asyncio.Task[None] | None = None
 
     @property
     def gateway_id(self) -> str:
@@ -231,6 +235,7 @@ class Gateway:
             )
         )
         self._watch = tasks.spawn(self._expiry_watch(), name="cert-expiry-watch")
+        self._housekeeping = tasks.spawn(self._housekeep(), name="state-housekeeping")
         log.info(
             "gateway_started",
             gateway=s.gateway_id,
@@ -347,6 +352,18 @@ class Gateway:
                 if left < certs.EXPIRY_WARNING_DAYS:
                     log.warning("cert_expiring", path=path, days_left=left)
             await asyncio.sleep(EXPIRY_CHECK_SECONDS)
+
+    async def _housekeep(self) -> None:
+        """Hourly: forget duplicate claims and outbox entries past the replay window."""
+        while True:
+            try:
+                gone = await self.runtime.store.housekeep(time.time(), DUPLICATE_RETENTION_SECONDS)
+            except GatewayError as exc:
+                log.warning("housekeeping_failed", code=exc.code, reason=exc.reason)
+            else:
+                if any(gone.values()):
+                    log.info("housekeeping_done", **gone)
+            await asyncio.sleep(HOUSEKEEPING_SECONDS)
 
     # ------------------------------------------------------------------ reload
 
@@ -526,8 +543,9 @@ class Gateway:
     async def stop(self) -> None:
         """Stop accepting, finish in-flight deliveries within a bound, close cleanly."""
         rt = self.runtime
-        if self._watch is not None:
-            self._watch.cancel()
+        for task in (self._watch, self._housekeeping):
+            if task is not None:
+                task.cancel()
         await rt.relay.stop_consuming()
         for server in self._servers:
             server.close()

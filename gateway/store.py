@@ -307,6 +307,25 @@ class Store:
             ),
         )
 
+    async def housekeep(self, now: float, retention: float) -> dict[str, int]:
+        """Forget what can no longer matter; returns how many rows went, by table.
+
+        - published claims older than ``retention`` (the replay window: an envelope that
+          old is refused as stale before its claim is looked up);
+        - outbox entries older than twice ``retention`` (a message still retrying then
+          is signed anew; the partner has forgotten its claim of the old one by then).
+
+        Known requests (a reply may come months later) and dead letters (an operator
+        decides) are kept.
+        """
+        claims = await self.expire_claims(now - retention)
+        outbox = await self._tx(
+            lambda db: (
+                db.execute("DELETE FROM outbox WHERE created < ?", (now - 2 * retention,)).rowcount
+            )
+        )
+        return {"claims": int(claims), "outbox": int(outbox)}
+
     # -- known requests -----------------------------------------------------------------
 
     async def remember_request(self, agreement: str, requester: str, message_id: str) -> None:

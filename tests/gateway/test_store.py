@@ -98,3 +98,47 @@ async def test_a_call_after_close_is_refused(tmp_path: Path) -> None:
     await store.close()
     with pytest.raises(StoreError):
         await store.outbox_get("m")
+
+
+async def test_housekeeping_forgets_only_what_the_replay_window_no_longer_needs(
+    tmp_path: Path,
+) -> None:
+    """Published claims past the window go, unpublished ones and recent ones stay; the outbox keeps twice the window."""
+    store = await Store.open(tmp_path / "state.db")
+    day = 24 * 3600.0
+    now = 100 * day
+    try:
+
+        def seed(db: sqlite3.Connection) -> None:
+            db.executemany(
+                "INSERT INTO claims VALUES (?, ?, 'd', ?, NULL, ?)",
+                [
+                    ("XA", "old-published", "published", now - 8 * day),
+                    ("XA", "old-uncertain", "uncertain", now - 8 * day),
+                    ("XA", "recent-published", "published", now - 6 * day),
+                ],
+            )
+            db.executemany(
+                "INSERT INTO outbox VALUES (?, 'XB', 'd', x'00', ?)",
+                [("sent-15-days-ago", now - 15 * day), ("sent-13-days-ago", now - 13 * day)],
+            )
+            db.execute("INSERT INTO requests VALUES ('A', 'XA', 'asked-long-ago', 0)")
+
+        await store._tx(seed)
+        assert await store.housekeep(now, 7 * day) == {"claims": 1, "outbox": 1}
+
+        def left(db: sqlite3.Connection) -> list[list[str]]:
+            queries = (
+                "SELECT message_id FROM claims ORDER BY message_id",
+                "SELECT message_id FROM outbox ORDER BY message_id",
+                "SELECT message_id FROM requests ORDER BY message_id",
+            )
+            return [[r[0] for r in db.execute(q)] for q in queries]
+
+        assert await store._tx(left) == [
+            ["old-uncertain", "recent-published"],
+            ["sent-13-days-ago"],
+            ["asked-long-ago"],
+        ]
+    finally:
+        await store.close()
