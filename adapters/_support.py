@@ -58,6 +58,11 @@ def _parser() -> etree.XMLParser:
             dtd_validation=False,
             huge_tree=False,
             remove_blank_text=False,
+            # comments and processing instructions carry no data, and an element's
+            # ``.text`` would stop at one: removed, the texts around them join, so every
+            # adapter reads the whole text that a signature covers
+            remove_comments=True,
+            remove_pis=True,
         )
         _local.parser = parser
     return parser
@@ -115,9 +120,13 @@ def lxml_schema_error(
 
 
 def load_json(data: bytes, fmt: str) -> Any:
-    """Parse untrusted JSON: strict (no NaN or Infinity), errors located by line and column."""
+    """Parse untrusted JSON: strict (no NaN or Infinity, no duplicate keys), errors located.
+
+    A duplicate key would be read as its last value here and perhaps as its first
+    elsewhere: what the policy checks must be what every reader sees.
+    """
     try:
-        return json.loads(data, parse_constant=_refuse_constant)
+        return json.loads(data, parse_constant=_refuse_constant, object_pairs_hook=_no_duplicates)
     except json.JSONDecodeError as exc:
         raise DecodeError(
             f"not well-formed JSON: {exc.msg}",
@@ -136,6 +145,15 @@ def load_json(data: bytes, fmt: str) -> Any:
         raise DecodeError(
             f"unreadable JSON: {short(str(exc))}", code="TRANSLATE_DECODE", location="$", format=fmt
         ) from exc
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in obj:
+            raise ValueError(f"duplicate key {key!r}")
+        obj[key] = value
+    return obj
 
 
 def _refuse_constant(name: str) -> Any:

@@ -53,6 +53,21 @@ def test_examples_decode_to_their_type(adapter: MaaXmlAdapter, message_type: str
     assert adapter.decode(adapter.encode(document)) == document
 
 
+@pytest.mark.parametrize("inserted", ["<!-- a comment -->", "<?pi data?>"])
+def test_a_comment_or_pi_inside_a_text_does_not_truncate_it(
+    adapter: MaaXmlAdapter, inserted: str
+) -> None:
+    """The text around a comment or processing instruction is read whole, as a signature covers it."""
+    whole = "Establishing the customs debt and investigating possible undervaluation"
+    data = request_xml().replace(
+        f"<Purpose>{whole}</Purpose>".encode(),
+        f"<Purpose>Establishing{inserted} the customs debt and investigating possible "
+        "undervaluation</Purpose>".encode(),
+    )
+    assert inserted.encode() in data
+    assert adapter.decode(data).body["purpose"] == whole
+
+
 def test_request_exposes_policy_keys(adapter: MaaXmlAdapter) -> None:
     """A request's purpose and legal basis are plain body keys for the policy engine."""
     body = adapter.decode(request_xml()).body

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 import adapters
-from adapters._support import json_path, parse_xml, semantic_problem, short
+from adapters._support import json_path, load_json, parse_xml, semantic_problem, short
 from gateway.errors import DecodeError
 
 
@@ -67,3 +67,25 @@ def test_every_adapter_preloads(name: str) -> None:
     preload = getattr(adapters.get(name), "preload", None)
     assert callable(preload)
     preload()
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b'{"purpose": "smuggled", "purpose": "Establishing the customs debt"}',
+        b'{"outer": {"a": 1, "a": 2}}',
+    ],
+)
+def test_json_with_a_duplicate_key_is_refused(data: bytes) -> None:
+    """A duplicate key could be read differently by another parser: refused, not last-one-wins."""
+    with pytest.raises(DecodeError) as exc:
+        load_json(data, "national-json")
+    assert exc.value.code == "TRANSLATE_DECODE"
+    assert "duplicate key" in exc.value.reason
+
+
+def test_json_without_duplicates_still_loads() -> None:
+    """Nested objects and lists load as plain dicts and lists."""
+    assert load_json(b'{"a": {"b": [1, {"c": null}]}}', "national-json") == {
+        "a": {"b": [1, {"c": None}]}
+    }
