@@ -44,7 +44,7 @@ from gateway.inbound import PIPELINE, RUNTIME, InboundPipeline, handle_messages
 from gateway.outbound import OutboundPipeline
 from gateway.relay import Names, Relay
 from gateway.reload import Material, ReloadResult, closures, load_material, own_certificates
-from gateway.runtime import DUPLICATE_RETENTION_SECONDS, Runtime
+from gateway.runtime import DUPLICATE_RETENTION_SECONDS, FUTURE_SKEW_SECONDS, Runtime
 from gateway.signing import Signer
 from gateway.store import Store
 from gateway.tls import TrustStore, peer_der
@@ -235,7 +235,8 @@ class Gateway:
             )
         )
         self._watch = tasks.spawn(self._expiry_watch(), name="cert-expiry-watch")
-        self._housekeeping = tasks.spawn(self._housekeep(), name="state-housekeeping")
+        if self.worker in (None, 0):  # one process per state store is enough
+            self._housekeeping = tasks.spawn(self._housekeep(), name="state-housekeeping")
         log.info(
             "gateway_started",
             gateway=s.gateway_id,
@@ -354,10 +355,16 @@ class Gateway:
             await asyncio.sleep(EXPIRY_CHECK_SECONDS)
 
     async def _housekeep(self) -> None:
-        """Hourly: forget duplicate claims and outbox entries past the replay window."""
+        """Hourly: forget duplicate claims and outbox entries past the replay window.
+
+        The window counts from the claim, and an envelope may be dated up to the allowed
+        skew ahead of it: a claim is kept for the replay window, the skew and an hour.
+        """
         while True:
             try:
-                gone = await self.runtime.store.housekeep(time.time(), DUPLICATE_RETENTION_SECONDS)
+                gone = await self.runtime.store.housekeep(
+                    time.time(), DUPLICATE_RETENTION_SECONDS + FUTURE_SKEW_SECONDS + 3600
+                )
             except GatewayError as exc:
                 log.warning("housekeeping_failed", code=exc.code, reason=exc.reason)
             else:
@@ -396,29 +403,36 @@ class Gateway:
                 return ReloadResult(False, actor, code=exc.code, reason=exc.reason)
             return await self._install(material, actor)
 
-    async def _follow_partners(self, added: Sequence[str]) -> list[str]:
-        """Declare and consume the outbound queues of partners a reload added.
+    async def _follow_partners(self, partners: Sequence[str]) -> list[str]:
+        """Declare and consume the outbound queue of every partner not consumed yet.
 
-        A removed partner's consumer stays: what is still queued for it is dead-lettered
-        with ``PARTNER_UNKNOWN`` (the back office hears of it), not left unseen.
+        Partners a reload added, and any whose consumer an earlier reload could not start
+        (broker unreachable then). A removed partner's consumer stays: what is still
+        queued for it is dead-lettered with ``PARTNER_UNKNOWN`` (the back office hears of
+        it), not left unseen; added back, it keeps that one consumer.
         """
-        warnings: list[str] = []
-        if not added or self._outbound is None:
-            return warnings
         relay = self.runtime.relay
+        missing = [p for p in partners if not relay.consumes(relay.names.outbound_queue(p))]
+        if not missing or self._outbound is None:
+            return []
+        outbound = self._outbound
+
+        async def follow() -> None:
+            await relay.add_partners(missing)
+            for partner in missing:
+                await relay.consume(relay.names.outbound_queue(partner), outbound.handler(partner))
+
         try:
-            await relay.add_partners(added)
-            for partner in added:
-                await relay.consume(
-                    relay.names.outbound_queue(partner), self._outbound.handler(partner)
-                )
-        except RelayError as exc:
-            log.warning("reload_consumers_failed", partners=",".join(added), reason=exc.reason)
-            warnings.append(
-                f"outbound queues of {', '.join(added)} not consumed yet ({exc.reason}); "
-                "reload again or restart once the broker is reachable"
-            )
-        return warnings
+            # bounded: a broker that stops answering must not hold the reload lock
+            await asyncio.wait_for(follow(), timeout=relay.confirm_timeout)
+        except (RelayError, TimeoutError) as exc:
+            reason = exc.reason if isinstance(exc, RelayError) else "the broker did not answer"
+            log.warning("reload_consumers_failed", partners=",".join(missing), reason=reason)
+            return [
+                f"outbound queues of {', '.join(missing)} not consumed yet ({reason}); "
+                "the next reload tries again"
+            ]
+        return []
 
     async def _install(self, m: Material, actor: str) -> ReloadResult:
         old = self.settings
@@ -443,7 +457,7 @@ class Gateway:
             self.connections.pop(partner, None)
         added = tuple(sorted(set(m.settings.partners) - set(old.partners)))
         removed = tuple(sorted(set(old.partners) - set(m.settings.partners)))
-        warnings = await self._follow_partners(added)
+        warnings = await self._follow_partners(sorted(m.settings.partners))
         result = ReloadResult(
             True,
             actor,

@@ -305,14 +305,26 @@ class Relay:
         except (TimeoutError, aiormq.exceptions.AMQPError, OSError, RuntimeError) as exc:
             raise RelayError(f"cannot declare the queues of {', '.join(partners)}: {exc}") from exc
 
+    def consumes(self, queue_name: str) -> bool:
+        """Whether this relay already consumes ``queue_name``."""
+        return any(queue.name == queue_name for queue, _ in self._consumers)
+
     async def consume(self, queue_name: str, handler: Handler) -> None:
-        """Consume a queue with manual acks on its own channel, ``prefetch`` at a time."""
+        """Consume a queue with manual acks on its own channel, ``prefetch`` at a time.
+
+        A queue already consumed is left as it is (one consumer per queue and relay).
+        """
         if self._connection is None:
             raise RelayError("the broker is not connected")
-        channel = await self._connection.channel()
-        await channel.set_qos(prefetch_count=self.prefetch)
-        queue = await channel.get_queue(queue_name, ensure=True)
-        tag = await queue.consume(handler, no_ack=False)
+        if self.consumes(queue_name):
+            return
+        try:
+            channel = await self._connection.channel()
+            await channel.set_qos(prefetch_count=self.prefetch)
+            queue = await channel.get_queue(queue_name, ensure=True)
+            tag = await queue.consume(handler, no_ack=False)
+        except (TimeoutError, aiormq.exceptions.AMQPError, OSError, RuntimeError) as exc:
+            raise RelayError(f"cannot consume {queue_name}: {exc!r}") from exc
         self._consumers.append((queue, tag))
 
     async def stop_consuming(self) -> None:

@@ -17,6 +17,7 @@ share one transaction and one commit (group commit).
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import sqlite3
 import time
@@ -47,6 +48,8 @@ CREATE TABLE IF NOT EXISTS claims (
     claimed REAL NOT NULL,
     PRIMARY KEY (sender, message_id)
 );
+CREATE INDEX IF NOT EXISTS outbox_created ON outbox(created);
+CREATE INDEX IF NOT EXISTS claims_claimed ON claims(claimed);
 CREATE TABLE IF NOT EXISTS dead (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     message_id TEXT,
@@ -106,6 +109,10 @@ class DeadLetter:
     body: bytes
     dead_at: float
     replayed_at: float | None
+
+
+def _delete_some(db: sqlite3.Connection, *, sql: str, args: tuple[float, int]) -> int:
+    return int(db.execute(sql, args).rowcount)
 
 
 class Store:
@@ -307,24 +314,42 @@ class Store:
             ),
         )
 
-    async def housekeep(self, now: float, retention: float) -> dict[str, int]:
+    async def housekeep(self, now: float, window: float, *, chunk: int = 5000) -> dict[str, int]:
         """Forget what can no longer matter; returns how many rows went, by table.
 
-        - published claims older than ``retention`` (the replay window: an envelope that
-          old is refused as stale before its claim is looked up);
-        - outbox entries older than twice ``retention`` (a message still retrying then
-          is signed anew; the partner has forgotten its claim of the old one by then).
+        ``window`` is how long after its claim an envelope can still be accepted: the
+        replay window plus the allowed clock skew (an envelope may be dated ahead).
+
+        - claims older than ``window``, whatever their state: an envelope that old is
+          refused as stale before its claim is looked up;
+        - outbox entries older than twice ``window`` (a message still retrying then is
+          signed anew; the partner has forgotten its claim of the old one by then).
 
         Known requests (a reply may come months later) and dead letters (an operator
-        decides) are kept.
+        decides) are kept. Rows go ``chunk`` at a time, each chunk its own short write
+        transaction, so that other writers (workers) are never held up for long.
         """
-        claims = await self.expire_claims(now - retention)
-        outbox = await self._tx(
-            lambda db: (
-                db.execute("DELETE FROM outbox WHERE created < ?", (now - 2 * retention,)).rowcount
-            )
-        )
-        return {"claims": int(claims), "outbox": int(outbox)}
+        gone = {"claims": 0, "outbox": 0}
+        statements = {
+            "claims": (
+                "DELETE FROM claims WHERE rowid IN "
+                "(SELECT rowid FROM claims WHERE claimed < ? LIMIT ?)",
+                now - window,
+            ),
+            "outbox": (
+                "DELETE FROM outbox WHERE rowid IN "
+                "(SELECT rowid FROM outbox WHERE created < ? LIMIT ?)",
+                now - 2 * window,
+            ),
+        }
+        for table, (sql, before) in statements.items():
+            delete = functools.partial(_delete_some, sql=sql, args=(before, chunk))
+            while True:
+                n = await self._tx(delete)
+                gone[table] += n
+                if n < chunk:
+                    break
+        return gone
 
     # -- known requests -----------------------------------------------------------------
 

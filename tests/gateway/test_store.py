@@ -100,10 +100,11 @@ async def test_a_call_after_close_is_refused(tmp_path: Path) -> None:
         await store.outbox_get("m")
 
 
+@pytest.mark.parametrize("chunk", [1, 5000])
 async def test_housekeeping_forgets_only_what_the_replay_window_no_longer_needs(
-    tmp_path: Path,
+    tmp_path: Path, chunk: int
 ) -> None:
-    """Published claims past the window go, unpublished ones and recent ones stay; the outbox keeps twice the window."""
+    """Claims past the window go whatever their state, recent ones stay; the outbox keeps twice the window."""
     store = await Store.open(tmp_path / "state.db")
     day = 24 * 3600.0
     now = 100 * day
@@ -116,16 +117,21 @@ async def test_housekeeping_forgets_only_what_the_replay_window_no_longer_needs(
                     ("XA", "old-published", "published", now - 8 * day),
                     ("XA", "old-uncertain", "uncertain", now - 8 * day),
                     ("XA", "recent-published", "published", now - 6 * day),
+                    ("XA", "recent-claimed", "claimed", now - 1),
                 ],
             )
             db.executemany(
                 "INSERT INTO outbox VALUES (?, 'XB', 'd', x'00', ?)",
-                [("sent-15-days-ago", now - 15 * day), ("sent-13-days-ago", now - 13 * day)],
+                [
+                    ("sent-15-days-ago", now - 15 * day),
+                    ("sent-16-days-ago", now - 16 * day),
+                    ("sent-13-days-ago", now - 13 * day),
+                ],
             )
             db.execute("INSERT INTO requests VALUES ('A', 'XA', 'asked-long-ago', 0)")
 
         await store._tx(seed)
-        assert await store.housekeep(now, 7 * day) == {"claims": 1, "outbox": 1}
+        assert await store.housekeep(now, 7 * day, chunk=chunk) == {"claims": 2, "outbox": 2}
 
         def left(db: sqlite3.Connection) -> list[list[str]]:
             queries = (
@@ -136,7 +142,7 @@ async def test_housekeeping_forgets_only_what_the_replay_window_no_longer_needs(
             return [[r[0] for r in db.execute(q)] for q in queries]
 
         assert await store._tx(left) == [
-            ["old-uncertain", "recent-published"],
+            ["recent-claimed", "recent-published"],
             ["sent-13-days-ago"],
             ["asked-long-ago"],
         ]

@@ -5,18 +5,22 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import ssl
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import aio_pika
 import pytest
 
 from gateway import certs
 from gateway.app import Gateway
 from gateway.audit_chain import Entry
 from gateway.config import Settings
+from gateway.errors import RelayError
+from gateway.testing import RABBITMQ_URL
 
 PING = b"GET /v1/ping HTTP/1.1\r\nHost: gw.xb.test\r\n\r\n"
 
@@ -247,14 +251,8 @@ async def test_sighup_reloads(setup: Setup) -> None:
         setup.stopped = True
 
 
-async def test_a_partner_added_by_reload_has_its_outbound_queue_consumed(setup: Setup) -> None:
-    """A partner file added before a reload gets its outbound queue declared and consumed, batching as configured."""
-    import shutil
-
-    import aio_pika
-
-    from gateway.testing import RABBITMQ_URL
-
+def add_partner_xc(setup: Setup) -> None:
+    """Write a partner file for a new administration XC into XB's configuration."""
     xc = setup.root / "XC"
     certs.init_ca("XC Customs Gateway CA", xc / "ca")
     certs.issue(xc / "ca", "signing", "signing", xc / "certs")
@@ -266,19 +264,80 @@ async def test_a_partner_added_by_reload_has_its_outbound_queue_consumed(setup: 
         'server_name = "gw.xc.test"\nca = "certs/XC-ca.pem"\n'
         'signing_certs = ["certs/XC-signing.pem"]\nbatch_max = 4\nbatch_wait_ms = 20\n'
     )
+
+
+async def consumers(queue: str) -> int | None:
+    """The consumer count of ``queue`` (None: no such queue)."""
+    connection = await aio_pika.connect(RABBITMQ_URL)
+    try:
+        channel = await connection.channel()
+        try:
+            declared = await channel.declare_queue(queue, passive=True)
+        except aio_pika.exceptions.ChannelClosed:
+            return None
+        return declared.declaration_result.consumer_count
+    finally:
+        await connection.close()
+
+
+async def delete_queue(queue: str) -> None:
+    connection = await aio_pika.connect(RABBITMQ_URL)
+    try:
+        channel = await connection.channel()
+        await channel.queue_delete(queue)
+    finally:
+        await connection.close()
+
+
+async def test_a_partner_added_by_reload_has_its_outbound_queue_consumed(setup: Setup) -> None:
+    """A partner file added before a reload gets its outbound queue declared and consumed, batching as configured."""
+    add_partner_xc(setup)
     queue = setup.xb.runtime.relay.names.outbound_queue("XC")
     assert setup.xb._outbound is not None
     assert setup.xb._outbound.batcher("XC") is None
-    connection = await aio_pika.connect(RABBITMQ_URL)
     try:
         result = await setup.xb.reload("alice")
         assert (result.ok, result.added, result.warnings) == (True, ("XC",), ())
-        channel = await connection.channel()
-        declared = await channel.declare_queue(queue, passive=True)
-        assert declared.declaration_result.consumer_count == 1
+        assert await consumers(queue) == 1
         batcher = setup.xb._outbound.batcher("XC")
         assert batcher is not None and batcher.settings == (4, 0.02)
     finally:
-        channel = await connection.channel()
-        await channel.queue_delete(queue)
-        await connection.close()
+        await delete_queue(queue)
+
+
+async def test_a_consumer_that_could_not_start_is_started_by_the_next_reload(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When the broker fails during a reload, the warning says so and the next reload starts the consumer."""
+    add_partner_xc(setup)
+    relay = setup.xb.runtime.relay
+    queue = relay.names.outbound_queue("XC")
+
+    async def broken(partners: object) -> None:
+        raise RelayError("the broker is not connected")
+
+    try:
+        with monkeypatch.context() as patched:
+            patched.setattr(relay, "add_partners", broken)
+            first = await setup.xb.reload("alice")
+        assert first.ok and first.added == ("XC",)
+        assert len(first.warnings) == 1 and "XC" in first.warnings[0]
+        assert await consumers(queue) is None
+        second = await setup.xb.reload("alice")
+        assert (second.ok, second.added, second.warnings) == (True, (), ())
+        assert await consumers(queue) == 1
+    finally:
+        await delete_queue(queue)
+
+
+async def test_a_partner_removed_and_added_back_keeps_one_consumer(setup: Setup) -> None:
+    """Removing XA and adding it back by two reloads leaves exactly one consumer on its queue."""
+    queue = setup.xb.runtime.relay.names.outbound_queue("XA")
+    saved = setup.partner_file.read_text()
+    setup.partner_file.unlink()
+    removed = await setup.xb.reload("alice")
+    assert removed.ok and removed.removed == ("XA",)
+    setup.partner_file.write_text(saved)
+    added = await setup.xb.reload("alice")
+    assert (added.ok, added.added, added.warnings) == (True, ("XA",), ())
+    assert await consumers(queue) == 1
