@@ -518,28 +518,26 @@ class Bench:
                 ),
                 return_exceptions=True,
             )
-            for _, body in warm:
+
+            async def post(body: bytes) -> tuple[int, bytes]:
                 async with session.post(
                     url,
                     data=body,
                     headers={"Content-Type": "application/xml"},
                     server_hostname=server_name,
                 ) as resp:
-                    await resp.read()
+                    return resp.status, await resp.read()
+
+            for _, body in warm:
+                await post(body)
 
             async def worker() -> None:
                 while queue:
                     mid, body = queue.pop()
                     sent_at[mid] = time.monotonic()
-                    async with session.post(
-                        url,
-                        data=body,
-                        headers={"Content-Type": "application/xml"},
-                        server_hostname=server_name,
-                    ) as resp:
-                        data = await resp.read()
-                    statuses[resp.status] = statuses.get(resp.status, 0) + 1
-                    if resp.status == 200 and b"accepted" in data:
+                    status, data = await post(body)
+                    statuses[status] = statuses.get(status, 0) + 1
+                    if status == 200 and b"accepted" in data:
                         answered[mid] = time.monotonic()
 
             meter = _proc.CpuMeter(self._pids(None, "XB"))

@@ -15,7 +15,7 @@ from gateway.config import Settings
 from gateway.delivery import PartnerClient
 from gateway.policy import RateLimiter
 from gateway.relay import Relay
-from gateway.signing import Signer
+from gateway.signing import Signer, document_c14n
 from gateway.store import Store
 from gateway.tls import TrustStore
 
@@ -34,7 +34,7 @@ def canonical(root: etree._Element) -> tuple[bytes, str]:
     the receipt digest cover), so the evidence's plain SHA-256 is the receipt's
     digest, and the stored bytes still verify with any XML Signature tool.
     """
-    data = etree.tostring(root.getroottree(), method="c14n", exclusive=True, with_comments=False)
+    data = document_c14n(root)
     return data, hashlib.sha256(data).hexdigest()
 
 
