@@ -20,13 +20,14 @@ of removed partners and revoked certificates; see ``gateway.reload``.
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import signal
 import socket
 import ssl
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,7 @@ from gateway import admin, certs, tasks
 from gateway.audit import AuditEvent, AuditLog
 from gateway.config import Settings
 from gateway.delivery import PartnerClient
-from gateway.errors import AuthError, GatewayError, RelayError
+from gateway.errors import AuthError, ConfigError, GatewayError, RelayError
 from gateway.inbound import PIPELINE, RUNTIME, InboundPipeline, handle_messages
 from gateway.outbound import OutboundPipeline
 from gateway.relay import Names, Relay
@@ -178,7 +179,10 @@ class Gateway:
         self._own_certs: tuple[tuple[Path, Any], ...] = ()
         self._http_factory: Any = None
         self._handshaking: set[asyncio.Transport] = set()
-        self._servers: list[asyncio.AbstractServer] = []
+        self._servers: list[asyncio.Server] = []
+        self._partner_server: asyncio.Server | None = None
+        self._admin_server: asyncio.Server | None = None
+        self._admin_factory: Any = None
         self._runners: list[web.BaseRunner] = []
         self._outbound: OutboundPipeline | None = None
         self._stopping = asyncio.Event()
@@ -192,9 +196,23 @@ class Gateway:
         return self.settings.gateway_id
 
     async def start(self) -> None:
-        """Load material, connect the broker, open the stores, listen, consume."""
+        """Listen, load material, connect the broker, open the stores, then serve and consume.
+
+        Both listening sockets are bound first, before anything slow (the schema
+        preload, the broker), so that a port in use fails at once. Connections wait in
+        the backlog until the runtime exists; only then do the listeners serve.
+        """
         s = self.settings
         self.admin_auth = admin.AdminAuth.load(s)
+        try:
+            await self._bind_listeners()
+            await self._start_bound()
+        except BaseException:
+            self._close_listeners()
+            raise
+
+    async def _start_bound(self) -> None:
+        s = self.settings
         if s.preload_schemas:
             await asyncio.to_thread(_preload_adapters)
         trust = TrustStore(s.partners)
@@ -272,41 +290,66 @@ class Gateway:
         await runner.setup()
         self._runners.append(runner)
         self._http_factory = runner.server
-        loop = asyncio.get_running_loop()
-        server = await loop.create_server(
+        assert self._partner_server is not None, "listeners are bound first"
+        await self._partner_server.start_serving()
+
+    async def _bind_listeners(self) -> None:
+        """Bind and listen on the partner port and (worker 0) the admin port; serve later."""
+        s = self.settings
+        self._partner_server = await _listen(
             lambda: _ConnectionGate(self),
             s.partner_api.host,
             s.partner_api.port,
-            reuse_address=True,
+            setting="partner_api",
+            backlog=1024,
             # several worker processes share the partner port
             reuse_port=self.worker is not None,
-            backlog=1024,
         )
-        self._servers.append(server)
-        self.partner_port = server.sockets[0].getsockname()[1]
+        self._servers.append(self._partner_server)
+        self.partner_port = self._partner_server.sockets[0].getsockname()[1]
+        if self.worker in (None, 0):
+            self._admin_server = await _listen(
+                lambda: self._admin_factory(),
+                s.admin.host,
+                s.admin.port,
+                setting="admin",
+                ssl_context=admin.server_context(s) if self.admin_tls else None,
+            )
+            self._servers.append(self._admin_server)
+            self.admin_port = self._admin_server.sockets[0].getsockname()[1]
+        log.info(
+            "listeners_bound",
+            partner_port=self.partner_port,
+            admin_port=self.admin_port,
+            serving="once the broker is connected and the stores are open",
+        )
+
+    def _close_listeners(self) -> None:
+        """Close the bound sockets after a failed start."""
+        for server in self._servers:
+            server.close()
+        self._servers.clear()
 
     async def _serve_admin(self) -> None:
         s = self.settings
         runner = web.AppRunner(admin.build_app(self), access_log=None, handle_signals=False)
         await runner.setup()
         self._runners.append(runner)
-        ctx = admin.server_context(s) if self.admin_tls else None
-        if ctx is None and self.admin_auth.token is not None and not _is_loopback(s.admin.host):
+        clear = not self.admin_tls
+        if clear and self.admin_auth.token is not None and not _is_loopback(s.admin.host):
             log.warning(
                 "admin_token_in_clear",
                 host=s.admin.host,
                 hint="serve the admin listener with TLS or bind it to loopback",
             )
-        if ctx is None and self.admin_auth.token is None:
+        if clear and self.admin_auth.token is None:
             log.warning(
                 "admin_unauthenticated",
                 hint="no admin.token_file and no TLS: only /healthz is usable",
             )
-        site = web.TCPSite(runner, s.admin.host, s.admin.port, reuse_address=True, ssl_context=ctx)
-        await site.start()
-        server = site._server
-        if isinstance(server, asyncio.base_events.Server) and server.sockets:
-            self.admin_port = server.sockets[0].getsockname()[1]
+        self._admin_factory = runner.server
+        assert self._admin_server is not None, "listeners are bound first"
+        await self._admin_server.start_serving()
 
     # ------------------------------------------------------------------ admin target
 
@@ -685,14 +728,66 @@ def _agreement_changes(old: Settings, new: Settings, actor: str) -> list[AuditEv
 
 
 def _preload_adapters() -> None:
-    """Build every adapter's schemas now, so that no message waits for one."""
+    """Build every adapter's schemas now, so that no message waits for one.
+
+    This takes seconds (the NCTS XSD 1.1 schemas above all), hence the two log lines.
+    """
     import adapters
 
-    for name in adapters.available():
+    names = adapters.available()
+    log.info(
+        "schemas_preloading",
+        adapters=names,
+        hint="takes several seconds; [gateway] preload_schemas = false builds them on first use",
+    )
+    started = time.monotonic()
+    for name in names:
         preload = getattr(adapters.get(name), "preload", None)
         if callable(preload):
             preload()
-    log.info("schemas_preloaded", adapters=adapters.available())
+    log.info("schemas_preloaded", adapters=names, seconds=round(time.monotonic() - started, 1))
+
+
+async def _listen(
+    factory: Callable[[], asyncio.BaseProtocol],
+    host: str,
+    port: int,
+    *,
+    setting: str,
+    backlog: int = 128,
+    reuse_port: bool = False,
+    ssl_context: ssl.SSLContext | None = None,
+) -> asyncio.Server:
+    """Bind and listen on ``host:port`` now; serve later (``Server.start_serving``).
+
+    A port in use is a ``ConfigError`` naming the setting (``CONFIG_PORT_IN_USE``),
+    never a traceback.
+    """
+    loop = asyncio.get_running_loop()
+    try:
+        server = await loop.create_server(
+            factory,
+            host,
+            port,
+            reuse_address=True,
+            reuse_port=reuse_port,
+            backlog=backlog,
+            ssl=ssl_context,
+            start_serving=False,
+        )
+    except OSError as exc:
+        in_use = exc.errno == errno.EADDRINUSE
+        raise ConfigError(
+            f"[{setting}] {host}:{port}: "
+            + ("address already in use (another process listens there)" if in_use else str(exc)),
+            code="CONFIG_PORT_IN_USE" if in_use else "CONFIG_LISTEN_FAILED",
+        ) from None
+    # asyncio would listen only when serving starts; until a socket listens, another
+    # process may bind the same port too (SO_REUSEADDR) and one of them would fail late
+    for sock in server.sockets:
+        with socket.socket(fileno=os.dup(sock.fileno())) as same:
+            same.listen(backlog)
+    return server
 
 
 def free_port(host: str = "127.0.0.1") -> int:

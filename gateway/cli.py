@@ -149,10 +149,19 @@ def serve(
     try:
         asyncio.run(run())
     except RelayError as exc:
-        raise ConfigError(f"{exc.reason} — {RABBITMQ_HINT}", code=exc.code) from None
+        raise ConfigError(broker_reason(exc), code=exc.code) from None
 
 
 RABBITMQ_HINT = "start RabbitMQ (e.g. `rabbitmq-server -detached`) or set MAAGW_BROKER_URL"
+
+
+def broker_reason(exc: RelayError) -> str:
+    """The reason, with how to start RabbitMQ only when no broker answered at all.
+
+    A refused login or vhost (``RELAY_ACCESS_REFUSED``, ``RELAY_NOT_ALLOWED``) comes
+    from a running broker: its reason says what to fix in ``broker.url``.
+    """
+    return f"{exc.reason} — {RABBITMQ_HINT}" if exc.code == "RELAY_UNAVAILABLE" else exc.reason
 
 
 @main.command()
@@ -218,7 +227,7 @@ def send(
     try:
         asyncio.run(publish())
     except RelayError as exc:
-        raise ConfigError(f"{exc.reason} — {RABBITMQ_HINT}", code=exc.code) from None
+        raise ConfigError(broker_reason(exc), code=exc.code) from None
     click.echo(f"published {message_id} ({message_type}, {fmt}) for {partner}")
 
 

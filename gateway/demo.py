@@ -27,6 +27,7 @@ import click
 from gateway import certs
 from gateway.config import Settings, load_settings
 from gateway.errors import ConfigError
+from gateway.relay import broker_error
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = PROJECT_ROOT / "examples"
@@ -358,6 +359,9 @@ def _require_broker(url: str) -> None:
     try:
         asyncio.run(probe())
     except Exception as exc:
+        error = broker_error(exc, url)
+        if error.code != "RELAY_UNAVAILABLE":  # a broker answered: its refusal says what to fix
+            raise ConfigError(error.reason, code=error.code) from None
         raise ConfigError(
             f"RabbitMQ is not reachable at {url.split('@')[-1]} ({exc.__class__.__name__}); "
             "start it with `rabbitmq-server -detached` (or `make demo`, which starts it)",

@@ -23,6 +23,7 @@ import json
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import aio_pika
 import aiormq
@@ -221,7 +222,7 @@ class Relay:
             await self._declare(self._channel, topology(self.names, partners))
         except (TimeoutError, aiormq.exceptions.AMQPError, OSError) as exc:
             await self.close()
-            raise RelayError(f"cannot reach the broker at {_safe_url(self.url)}: {exc}") from exc
+            raise broker_error(exc, self.url) from exc
         log.info("relay_connected", broker=_safe_url(self.url))
 
     async def _declare(self, channel: AbstractChannel, defs: Mapping[str, Any]) -> None:
@@ -342,6 +343,78 @@ class Relay:
         self._channel = None
         if connection is not None and not connection.is_closed:
             await connection.close()
+
+
+def broker_error(exc: BaseException, url: str) -> RelayError:
+    """What went wrong connecting to the broker, in the broker's own terms.
+
+    A refused login (``ACCESS_REFUSED``) and a vhost the user may not open
+    (``NOT_ALLOWED``: it does not exist, or the user has no permission on it) are
+    configuration problems, not an unreachable broker; their codes say so.
+    """
+    where = _safe_url(url)
+    user, vhost = url_user(url), url_vhost(url)
+    if isinstance(exc, aiormq.exceptions.ProbableAuthenticationError):
+        return RelayError(
+            f"the broker at {where} refused the login of user {user!r} (ACCESS_REFUSED): "
+            "check the user name and password in broker.url",
+            code="RELAY_ACCESS_REFUSED",
+        )
+    reply = _close_reply(exc)
+    if reply is not None and reply[0] in (403, 530):
+        name = "ACCESS_REFUSED" if reply[0] == 403 else "NOT_ALLOWED"
+        return RelayError(
+            f"the broker at {where} refused ({reply[1] or name})",
+            code=f"RELAY_{name}",
+        )
+    if isinstance(exc, aiormq.exceptions.InvalidFrameError) and "Connection.Close" in str(exc):
+        # RabbitMQ answers the Connection.Open of a vhost it will not open with a
+        # connection close (530 NOT_ALLOWED), which aiormq reports as an unexpected frame
+        return RelayError(
+            f"the broker at {where} refused to open vhost {vhost!r} for user {user!r} "
+            "(NOT_ALLOWED): the vhost does not exist or the user has no permissions on it "
+            f"(rabbitmqctl add_vhost {vhost}; rabbitmqctl set_permissions -p {vhost} {user} "
+            "'.*' '.*' '.*'), or broker.url names the wrong one",
+            code="RELAY_NOT_ALLOWED",
+        )
+    if isinstance(exc, aiormq.exceptions.ChannelAccessRefused):
+        return RelayError(
+            f"the broker at {where} refused user {user!r} access: {_text(exc)}",
+            code="RELAY_ACCESS_REFUSED",
+        )
+    if isinstance(exc, aiormq.exceptions.ChannelPreconditionFailed):
+        return RelayError(
+            f"the broker at {where} holds an object of that name with other arguments: "
+            f"{_text(exc)}",
+            code="RELAY_PRECONDITION_FAILED",
+        )
+    return RelayError(f"cannot reach the broker at {where}: {exc}")
+
+
+def _close_reply(exc: BaseException) -> tuple[int, str] | None:
+    """(reply code, reply text) of a connection or channel the broker closed, if known."""
+    if isinstance(exc, aiormq.exceptions.ConnectionClosed | aiormq.exceptions.ChannelClosed):
+        args = exc.args
+        if len(args) >= 2 and isinstance(args[0], int):
+            return args[0], str(args[1])
+    return None
+
+
+def _text(exc: BaseException) -> str:
+    reply = _close_reply(exc)
+    return reply[1] if reply is not None else str(exc)
+
+
+def url_user(url: str) -> str:
+    """The user name in an AMQP URL (``guest`` when the URL names none)."""
+    parsed = urlsplit(url)
+    return unquote(parsed.username) if parsed.username else "guest"
+
+
+def url_vhost(url: str) -> str:
+    """The vhost an AMQP URL names: its path, percent-decoded; ``/`` when it has none."""
+    path = urlsplit(url).path
+    return unquote(path[1:]) if len(path) > 1 else "/"
 
 
 def _safe_url(url: str) -> str:
