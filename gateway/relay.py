@@ -19,6 +19,7 @@ or a timeout raises ``RelayError``.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -332,8 +333,9 @@ class Relay:
         """Cancel every consumer: the broker stops delivering, unacked messages stay ours."""
         for queue, tag in self._consumers:
             try:
-                await queue.cancel(tag)
-            except (aiormq.exceptions.AMQPError, OSError, RuntimeError):
+                # bounded: on a lost connection a robust channel waits for the broker to return
+                await asyncio.wait_for(queue.cancel(tag), timeout=self.confirm_timeout)
+            except (TimeoutError, aiormq.exceptions.AMQPError, OSError, RuntimeError):
                 log.warning("consumer_cancel_failed", queue=queue.name)
         self._consumers.clear()
 

@@ -197,3 +197,14 @@ async def test_maagw_serve_with_a_wrong_password_says_so(pair: dict[str, Setting
     assert "ACCESS_REFUSED" in last
     assert "start RabbitMQ" not in last
     assert "wrong-password" not in err.decode()
+
+
+async def test_stop_is_bounded_when_the_broker_connection_is_gone(
+    pair: dict[str, Settings],
+) -> None:
+    """A gateway whose broker connection is gone still stops: cancelling its consumers waits at most the confirm timeout."""
+    broker = pair["XB"].broker.model_copy(update={"confirm_timeout": 1.0})
+    gateway = Gateway(pair["XB"].model_copy(update={"broker": broker}))
+    await gateway.start()
+    await gateway.runtime.relay.close()
+    await asyncio.wait_for(gateway.stop(), timeout=30)
