@@ -8,7 +8,14 @@ open (liveness probes); everything else needs an operator:
   listener serves TLS — it then asks for, but does not require, a client
   certificate; or
 - ``Authorization: Bearer <token>`` matching ``admin.token_file``, a file that
-  must be readable by the service user only (mode 0600 or stricter).
+  must be readable by the service user only (mode 0600 or stricter). The file is
+  read again whenever it changes, so a rotated token takes effect at the next
+  request (also the ``maagw reload`` that presents it); a file that turns unusable
+  (others may read it, too short) refuses every token until it is fixed.
+
+With ``admin.readyz_public``, ``/readyz`` answers anyone who offers no credential
+with its status code and ``{"ready": …}`` only (for load balancers); the checks
+behind it stay for operators.
 
 The operator's identity (the certificate's common name, or ``token:<file
 name>``) is the ``actor`` of the audit entry of every action.
@@ -60,35 +67,78 @@ class AdminTarget(Protocol):
     def admin_refused(self, reason: str, peer: str) -> None: ...
 
 
+class TokenFile:
+    """The admin token file, read again whenever it changes on disk.
+
+    A change is seen by its ``stat`` (inode, size, times, mode, owner), checked at
+    each use: an admin request costs one ``stat`` more, a rotation needs no reload.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._stamp = _stamp(path)
+        self._token: bytes | None = read_token(path)
+
+    def current(self) -> bytes | None:
+        """The token now in the file; None while the file is unusable."""
+        stamp = _stamp(self.path)
+        if stamp != self._stamp:
+            self._stamp = stamp
+            try:
+                self._token = read_token(self.path)
+            except ConfigError as exc:
+                self._token = None
+                log.error("admin_token_unusable", code=exc.code, reason=exc.reason)
+            else:
+                log.info("admin_token_changed", file=self.path.name)
+        return self._token
+
+
+def _stamp(path: Path) -> tuple[int, ...] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode)
+
+
 @dataclass(frozen=True, slots=True)
 class AdminAuth:
     """Who may use the admin listener: a bearer token and/or this gateway's own CA."""
 
-    token: bytes | None
+    token_file: TokenFile | None
     token_name: str | None
     cas: tuple[x509.Certificate, ...]
+    #: ``/readyz`` tells anyone without credentials whether the gateway is ready
+    readyz_public: bool = False
+
+    @property
+    def token(self) -> bytes | None:
+        """The current bearer token (None: no token file, or it is unusable now)."""
+        return self.token_file.current() if self.token_file is not None else None
 
     @classmethod
     def load(cls, settings: Settings) -> AdminAuth:
         """Read the token file (refusing a loose file mode) and the own CA."""
-        token = None
+        token_file = None
         name = None
         path = settings.admin.token_file
         if path is not None:
-            token = read_token(path)
+            token_file = TokenFile(path)
             name = path.name
         try:
             cas = tuple(load_certs(settings.tls.ca))
         except GatewayError as exc:
             raise ConfigError(f"tls.ca: {exc.reason}", code=exc.code) from None
-        return cls(token, name, cas)
+        return cls(token_file, name, cas, settings.admin.readyz_public)
 
     def actor(self, request: web.Request, *, now: datetime | None = None) -> str | None:
         """The authenticated operator behind a request, or None."""
         header = request.headers.get("Authorization", "")
-        if self.token is not None and header.startswith("Bearer "):
+        token = self.token
+        if token is not None and header.startswith("Bearer "):
             offered = header.removeprefix("Bearer ").strip().encode()
-            if hmac.compare_digest(offered, self.token):
+            if hmac.compare_digest(offered, token):
                 return f"token:{self.token_name}"
             return None
         transport = request.transport
@@ -164,6 +214,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 #: paths anyone on the admin listener may read
 OPEN_PATHS = frozenset({"/healthz"})
+#: answered without credentials, as a summary, when ``admin.readyz_public`` is set
+READINESS_PATH = "/readyz"
 
 
 @web.middleware
@@ -171,8 +223,15 @@ async def _authenticate(request: web.Request, handler: Handler) -> web.StreamRes
     if request.path in OPEN_PATHS:
         return await handler(request)
     target = request.app[TARGET]
-    actor = target.admin_auth.actor(request)
+    auth = target.admin_auth
+    actor = auth.actor(request)
     if actor is None:
+        if (
+            request.path == READINESS_PATH
+            and auth.readyz_public
+            and "Authorization" not in request.headers
+        ):
+            return await handler(request)  # no ACTOR: the summary only
         target.admin_refused(f"{request.method} {request.path}: not authenticated", _peer(request))
         raise web.HTTPUnauthorized(
             headers={"WWW-Authenticate": 'Bearer realm="maagw-admin"'},
@@ -189,7 +248,10 @@ async def _healthz(request: web.Request) -> web.Response:
 async def _readyz(request: web.Request) -> web.Response:
     checks = await request.app[TARGET].readiness()
     ready = all(checks.values())
-    return web.json_response({"ready": ready, "checks": checks}, status=200 if ready else 503)
+    body: dict[str, Any] = {"ready": ready}
+    if request.get(ACTOR) is not None:  # the checks are for operators only
+        body["checks"] = checks
+    return web.json_response(body, status=200 if ready else 503)
 
 
 async def _reload(request: web.Request) -> web.Response:

@@ -62,6 +62,8 @@ class AdminSection(_Model):
     token_file: Path | None = None
     #: serve the admin listener with TLS, accepting operator certificates of the own CA
     tls: bool = False
+    #: answer ``/readyz`` without credentials (status and ``{"ready": …}``; checks for operators)
+    readyz_public: bool = False
 
 
 class TlsSection(_Model):

@@ -35,6 +35,8 @@ log = structlog.get_logger(__name__)
 
 #: settings a running gateway cannot change without a restart (listeners, broker, stores)
 RESTART_ONLY = ("gateway_id", "state_dir", "partner_api", "admin", "broker", "audit_url")
+#: the ``[admin]`` settings a reload does apply (the rest is the listener: restart)
+ADMIN_RELOADABLE = frozenset({"token_file", "readyz_public"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,7 +126,15 @@ def own_certificates(settings: Settings) -> tuple[tuple[Path, x509.Certificate],
 
 def restart_only_changes(old: Settings, new: Settings) -> list[str]:
     """The names of ``RESTART_ONLY`` settings that differ between ``old`` and ``new``."""
-    return [name for name in RESTART_ONLY if getattr(old, name) != getattr(new, name)]
+    changed = []
+    for name in RESTART_ONLY:
+        before, after = getattr(old, name), getattr(new, name)
+        if name == "admin":
+            before = before.model_dump(exclude=ADMIN_RELOADABLE)
+            after = after.model_dump(exclude=ADMIN_RELOADABLE)
+        if before != after:
+            changed.append(name)
+    return changed
 
 
 def closures(

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import pytest
+import structlog
 from click.testing import CliRunner
 
 from gateway import certs
@@ -137,3 +139,94 @@ async def test_a_token_file_others_can_read_refuses_to_start(pair: dict[str, Set
     with pytest.raises(ConfigError) as caught:
         await gateway.start()
     assert caught.value.code == "CONFIG_TOKEN_MODE"
+
+
+def _replace_token(path: Path, token: str, mode: int = 0o600) -> None:
+    """Rotate the token the way an operator should: a new file moved over the old one."""
+    fresh = path.with_name(path.name + ".new")
+    fresh.write_text(token + "\n")
+    fresh.chmod(mode)
+    os.replace(fresh, path)
+
+
+async def test_a_rotated_token_takes_effect_for_the_reload_that_presents_it(xb: Gateway) -> None:
+    """After the token file is rotated, ``maagw reload`` (which presents the new token) succeeds and the old token is refused."""
+    new = "rotated-operator-token-9876543210"
+    assert xb.settings.admin.token_file is not None
+    _replace_token(xb.settings.admin.token_file, new)
+    result = await asyncio.to_thread(
+        CliRunner().invoke, reload_command, ["--config", str(xb.settings.path), "--tls"]
+    )
+    assert result.exit_code == 0, result.output
+    old_status, _ = await call(xb, "GET", "/readyz", token=TOKEN)
+    new_status, _ = await call(xb, "GET", "/readyz", token=new)
+    assert (old_status, new_status) == (401, 200)
+
+
+async def test_a_token_file_others_can_read_after_rotation_refuses_every_token(
+    xb: Gateway, tmp_path: Path
+) -> None:
+    """A token file turned readable by others refuses its token (old and new) while an operator certificate still works."""
+    assert xb.settings.admin.token_file is not None
+    _replace_token(xb.settings.admin.token_file, TOKEN, mode=0o644)
+    with structlog.testing.capture_logs() as logs:
+        status, _ = await call(xb, "GET", "/readyz", token=TOKEN)
+    assert status == 401
+    assert [e["code"] for e in logs if e["event"] == "admin_token_unusable"] == [
+        "CONFIG_TOKEN_MODE"
+    ]
+    cert = issue(xb, "operator", "alice", tmp_path / "operator")
+    by_cert, _ = await call(xb, "GET", "/readyz", cert=cert)
+    assert by_cert == 200
+
+
+async def test_token_file_may_point_elsewhere_after_a_reload(xb: Gateway, tmp_path: Path) -> None:
+    """A reload that points ``[admin] token_file`` at another file applies it: the new token works, the old one no longer does."""
+    other = xb.settings.path.parent / "other.token"
+    _replace_token(other, "another-operator-token-000111222")
+    text = xb.settings.path.read_text()
+    xb.settings.path.write_text(
+        text.replace('token_file = "admin.token"', 'token_file = "other.token"')
+    )
+    cert = issue(xb, "operator", "alice", tmp_path / "operator")
+    status, body = await call(xb, "POST", "/v1/reload", cert=cert)
+    assert (status, body.get("code")) == (200, "RELOAD_OK"), body
+    old_status, _ = await call(xb, "GET", "/readyz", token=TOKEN)
+    new_status, _ = await call(xb, "GET", "/readyz", token="another-operator-token-000111222")
+    assert (old_status, new_status) == (401, 200)
+
+
+@pytest.fixture
+async def public_readyz(pair: dict[str, Settings]) -> AsyncIterator[Gateway]:
+    """XB with a token file and ``[admin] readyz_public = true``, over TLS."""
+    settings = with_token_file(pair["XB"])
+    text = settings.path.read_text().replace("[admin]\n", "[admin]\nreadyz_public = true\n")
+    settings.path.write_text(text)
+    gateway = Gateway(load_settings(settings.path), admin_tls=True)
+    await gateway.start()
+    try:
+        yield gateway
+    finally:
+        await gateway.stop()
+
+
+async def test_a_public_readyz_tells_anyone_only_whether_the_gateway_is_ready(
+    public_readyz: Gateway,
+) -> None:
+    """With readyz_public, /readyz answers without credentials with the status and {"ready"} only; the checks need the token."""
+    status, body = await call(public_readyz, "GET", "/readyz")
+    authed, detail = await call(public_readyz, "GET", "/readyz", token=TOKEN)
+    wrong, _ = await call(public_readyz, "GET", "/readyz", token="not-the-token-at-all")
+    reload_status, _ = await call(public_readyz, "POST", "/v1/reload")
+    assert (status, body) == (200, {"ready": True})
+    assert (authed, detail["checks"]) == (
+        200,
+        {"broker": True, "audit": True, "certificates": True},
+    )
+    assert (wrong, reload_status) == (401, 401)
+    # the publishing channel gone: the relay is not ready (the consumers keep theirs)
+    channel = public_readyz.runtime.relay._channel
+    assert channel is not None
+    await channel.close()
+    down, body = await call(public_readyz, "GET", "/readyz")
+    assert (down, body) == (503, {"ready": False})
