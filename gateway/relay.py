@@ -329,6 +329,42 @@ class Relay:
             raise RelayError(f"cannot consume {queue_name}: {exc!r}") from exc
         self._consumers.append((queue, tag))
 
+    async def take_dead_copy(self, dead_id: int) -> bool:
+        """Remove the copy of dead letter ``dead_id`` from the dead queue; False if absent.
+
+        A queue cannot be searched, so its messages are taken one by one from the head
+        (``basic.get``, manual acks) until the one whose ``x-maagw-dead-id`` header is
+        ``dead_id``; that one is acknowledged, which removes it. Every other message
+        taken is returned when the channel closes: the broker puts those back at the
+        head in their order (a ``nack`` would move a quorum queue's message to its tail)
+        and counts one more delivery in their ``x-delivery-count``. Nothing is
+        acknowledged but the match, so nothing else can be lost. At most the messages
+        queued when the search starts are looked at.
+        """
+        if self._connection is None:
+            raise RelayError("the broker is not connected")
+        wanted = str(dead_id)
+        try:
+            channel = await self._connection.channel()
+        except (TimeoutError, aiormq.exceptions.AMQPError, OSError, RuntimeError) as exc:
+            raise RelayError(f"cannot open a channel: {exc!r}") from exc
+        try:
+            queue = await channel.declare_queue(self.names.dead, passive=True)
+            queued = int(queue.declaration_result.message_count or 0)
+            for _ in range(queued):
+                message = await queue.get(no_ack=False, fail=False, timeout=self.confirm_timeout)
+                if message is None:
+                    break
+                if _header_text((message.headers or {}).get("x-maagw-dead-id")) == wanted:
+                    await message.ack()
+                    return True
+            return False
+        except (TimeoutError, aiormq.exceptions.AMQPError, OSError, RuntimeError) as exc:
+            raise RelayError(f"cannot search {self.names.dead}: {exc!r}") from exc
+        finally:
+            if not channel.is_closed:
+                await channel.close()
+
     async def stop_consuming(self) -> None:
         """Cancel every consumer: the broker stops delivering, unacked messages stay ours."""
         for queue, tag in self._consumers:
@@ -417,6 +453,12 @@ def url_vhost(url: str) -> str:
     """The vhost an AMQP URL names: its path, percent-decoded; ``/`` when it has none."""
     path = urlsplit(url).path
     return unquote(path[1:]) if len(path) > 1 else "/"
+
+
+def _header_text(value: object) -> str | None:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return None if value is None else str(value)
 
 
 def _safe_url(url: str) -> str:

@@ -433,6 +433,25 @@ class Store:
             ),
         )
 
+    async def dead_claim_replay(self, dead_id: int, *, again: bool = False) -> bool:
+        """Record a replay of ``dead_id`` now; unless ``again``, only if never replayed.
+
+        Returns whether it was recorded: of two operators replaying one letter at the
+        same moment, only one passes.
+        """
+        sql = "UPDATE dead SET replayed_at = ? WHERE id = ?"
+        if not again:
+            sql += " AND replayed_at IS NULL"
+        return await self._tx(lambda db: db.execute(sql, (time.time(), dead_id)).rowcount == 1)
+
+    async def dead_unclaim_replay(self, dead_id: int, previous: float | None) -> None:
+        """Undo ``dead_claim_replay`` (the publish failed): back to the previous replay time."""
+        await self._tx(
+            lambda db: db.execute(
+                "UPDATE dead SET replayed_at = ? WHERE id = ?", (previous, dead_id)
+            ),
+        )
+
 
 def _dead(row: tuple[Any, ...]) -> DeadLetter:
     return DeadLetter(

@@ -148,3 +148,31 @@ async def test_housekeeping_forgets_only_what_the_replay_window_no_longer_needs(
         ]
     finally:
         await store.close()
+
+
+async def test_of_two_replays_of_one_dead_letter_at_once_only_one_is_recorded(
+    tmp_path: Path,
+) -> None:
+    """Two simultaneous first replays of a dead letter: exactly one is recorded; ``again`` always is, and an undo restores the time."""
+    store = await Store.open(tmp_path / "state.db")
+    try:
+        dead_id = await store.dead_put(
+            message_id="m-1",
+            partner="XB",
+            direction="outbound",
+            code="RELAY_NO_FORMAT",
+            reason="no format",
+            properties={},
+            body=b"{}",
+        )
+        first, second = await asyncio.gather(
+            store.dead_claim_replay(dead_id), store.dead_claim_replay(dead_id)
+        )
+        again = await store.dead_claim_replay(dead_id, again=True)
+        await store.dead_unclaim_replay(dead_id, None)
+        item = await store.dead_get(dead_id)
+    finally:
+        await store.close()
+    assert sorted([first, second]) == [False, True]
+    assert again is True
+    assert item is not None and item.replayed_at is None
