@@ -24,7 +24,8 @@ from gateway.cli_common import config_option, one_line_errors, settings_from
 from gateway.cli_dead import dead
 from gateway.cli_envelope import envelope
 from gateway.cli_translate import translate_command
-from gateway.errors import ConfigError, GatewayError, RelayError
+from gateway.config import Settings
+from gateway.errors import ConfigError, GatewayError, PolicyViolation, RelayError
 
 MESSAGE_TYPES = ("maa.request", "maa.reply", "maa.spontaneous", "maa.refusal", "mra.aeo-status")
 
@@ -178,6 +179,11 @@ def broker_reason(exc: RelayError) -> str:
 @click.option("--agreement", default=None, help="Agreement id (default: the one covering it).")
 @click.option("--correlation-id", default=None, help="The request a reply answers.")
 @click.option("--message-id", default=None, help="Default: a new UUID.")
+@click.option(
+    "--check",
+    is_flag=True,
+    help="Run the agreement policy on FILE first, as the gateway will; publish only if allowed.",
+)
 @click.argument("file", type=click.Path(path_type=Path, exists=True, dir_okay=False))
 @one_line_errors
 def send(
@@ -188,9 +194,14 @@ def send(
     agreement: str | None,
     correlation_id: str | None,
     message_id: str | None,
+    check: bool,
     file: Path,
 ) -> None:
-    """Publish FILE as a back-office message for PARTNER (an operator's test tool)."""
+    """Publish FILE as a back-office message for PARTNER (an operator's test tool).
+
+    With --check, a message the agreement refuses is not published: exit 1 with the
+    policy code and reason (the rate limit alone is not checked: it waits, never refuses).
+    """
     from gateway.relay import Names, Relay
 
     settings = settings_from(config_path)
@@ -200,6 +211,10 @@ def send(
         )
     fmt = fmt or _format_for(file)
     message_id = message_id or str(uuid.uuid4())
+    if check:
+        click.echo(
+            _check_policy(settings, file, fmt, partner, message_type, agreement, correlation_id)
+        )
     headers = {"x-maagw-format": fmt}
     if agreement:
         headers["x-maagw-agreement"] = agreement
@@ -229,6 +244,71 @@ def send(
     except RelayError as exc:
         raise ConfigError(broker_reason(exc), code=exc.code) from None
     click.echo(f"published {message_id} ({message_type}, {fmt}) for {partner}")
+
+
+def _check_policy(
+    settings: Settings,
+    file: Path,
+    fmt: str,
+    partner: str,
+    message_type: str,
+    agreement_id: str | None,
+    correlation_id: str | None,
+) -> str:
+    """The gateway's outbound policy decision on FILE; ``PolicyViolation`` when refused."""
+    import adapters
+    from gateway.cli_agreements import check_message
+    from gateway.policy import REPLY_TYPES, find_agreement
+
+    known = None
+    if message_type in REPLY_TYPES:
+        # as the gateway decides: a reply must answer a request this gateway received
+        governing = find_agreement(
+            settings.agreements, agreement_id, settings.gateway_id, partner, message_type
+        )
+        known = governing is not None and _knows_request(
+            settings, governing.id, partner, correlation_id
+        )
+    checked = check_message(
+        adapters.get(fmt),
+        settings.agreements,
+        file.read_bytes(),
+        fmt=fmt,
+        sender=settings.gateway_id,
+        receiver=partner,
+        direction="outbound",
+        message_type=message_type,
+        agreement_id=agreement_id,
+        known_request=known,
+    )
+    decision = checked.decision
+    if not decision.allowed:
+        raise PolicyViolation(decision.reason, code=decision.code)
+    redactions = ", ".join(decision.redactions) or "none"
+    return (
+        f"check: {decision.code} under {decision.agreement_id} (redactions: {redactions}; "
+        "rate limit not checked)"
+    )
+
+
+def _knows_request(
+    settings: Settings, agreement_id: str, partner: str, correlation_id: str | None
+) -> bool:
+    """Whether ``partner`` sent request ``correlation_id`` under the agreement (state store)."""
+    from gateway.store import Store
+
+    path = settings.state_dir / "state.db"
+    if not correlation_id or not path.exists():
+        return False
+
+    async def ask() -> bool:
+        store = await Store.open(path)
+        try:
+            return await store.knows_request(agreement_id, partner, correlation_id)
+        finally:
+            await store.close()
+
+    return asyncio.run(ask())
 
 
 def _format_for(file: Path) -> str:

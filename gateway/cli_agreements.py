@@ -24,6 +24,7 @@ from gateway.errors import AdapterError, ConfigError, GatewayError
 from gateway.policy import (
     REPLY_TYPES,
     Agreement,
+    Decision,
     PolicyRequest,
     evaluate,
     explain,
@@ -231,26 +232,84 @@ def explain_(
         adapter = adapters.get(fmt)
     except AdapterError as exc:
         raise click.BadParameter(exc.reason, param_hint="--format") from exc
-    data = message_file.read_bytes()
+    checked = check_message(
+        adapter,
+        loaded.agreements,
+        message_file.read_bytes(),
+        fmt=fmt,
+        sender=sender,
+        receiver=receiver,
+        message_type=message_type,
+        agreement_id=agreement_id,
+        direction=direction or ("inbound" if receiver == loaded.gateway_id else "outbound"),
+        declared=(
+            frozenset(c.strip() for c in declared.split(",") if c.strip())
+            if declared is not None
+            else None
+        ),
+        purpose=purpose,
+        legal_basis=legal_basis,
+        known_request=known_request,
+        at=at,
+    )
+    decision = checked.decision
+    click.echo(f"message:    {message_file} ({fmt}, {checked.message_type}, {checked.size} bytes)")
+    click.echo(f"direction:  {checked.direction} {sender} -> {receiver}")
+    click.echo(f"categories: {_names(checked.categories)}")
+    click.echo(explain(decision))
+    click.echo(f"  not checked: {'; '.join(checked.unchecked)}")
+    if not decision.allowed:
+        sys.exit(1)
+
+
+@dataclass(frozen=True, slots=True)
+class Checked:
+    """The policy engine's decision on one message, and what it read from the message."""
+
+    decision: Decision
+    direction: Literal["outbound", "inbound"]
+    message_type: str
+    categories: frozenset[str]
+    size: int
+    #: what the decision could not take into account (outside the running gateway)
+    unchecked: tuple[str, ...]
+
+
+def check_message(
+    adapter: adapters.Adapter,
+    agreements: Mapping[str, Agreement],
+    data: bytes,
+    *,
+    fmt: str,
+    sender: str,
+    receiver: str,
+    direction: Literal["outbound", "inbound"],
+    message_type: str | None = None,
+    agreement_id: str | None = None,
+    declared: frozenset[str] | None = None,
+    purpose: str | None = None,
+    legal_basis: str | None = None,
+    known_request: bool | None = None,
+    at: datetime | None = None,
+) -> Checked:
+    """Decode ``data`` (format ``fmt``) and run the agreement policy on it, sending nothing.
+
+    What ``agreements explain`` prints and ``send --check`` enforces. Categories are
+    detected from the content; purpose and legal basis default to the message's own.
+    Raises ``AdapterError`` when the message cannot be decoded.
+    """
+    at = at or datetime.now(UTC)
     document = adapter.decode(data, message_type=message_type)
     message_type = message_type or document.message_type
     categories = frozenset(adapter.categories(document))
-    if direction is None:
-        direction = "inbound" if receiver == loaded.gateway_id else "outbound"
-    agreement = find_agreement(
-        loaded.agreements, agreement_id, sender, receiver, message_type, at=at
-    )
+    agreement = find_agreement(agreements, agreement_id, sender, receiver, message_type, at=at)
     request = PolicyRequest(
         direction=direction,
         sender=sender,
         receiver=receiver,
         message_type=message_type,
         categories=categories,
-        declared_categories=(
-            frozenset(c.strip() for c in declared.split(",") if c.strip())
-            if declared is not None
-            else None
-        ),
+        declared_categories=declared,
         size=len(data),
         payload_format=fmt,
         at=at,
@@ -262,14 +321,14 @@ def explain_(
         ),
         answers_known_request=known_request,
     )
-    decision = evaluate(agreement, request)
-    click.echo(f"message:    {message_file} ({fmt}, {message_type}, {len(data)} bytes)")
-    click.echo(f"direction:  {direction} {sender} -> {receiver}")
-    click.echo(f"categories: {_names(categories)}")
-    click.echo(explain(decision))
     unchecked = ["rate limit (needs the running gateway's state)"]
     if message_type in REPLY_TYPES and known_request is None:
         unchecked.append("whether it answers a known request (use --known-request)")
-    click.echo(f"  not checked: {'; '.join(unchecked)}")
-    if not decision.allowed:
-        sys.exit(1)
+    return Checked(
+        evaluate(agreement, request),
+        direction,
+        message_type,
+        categories,
+        len(data),
+        tuple(unchecked),
+    )
