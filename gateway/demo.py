@@ -4,6 +4,11 @@
 certificates, a signing certificate, ``gateway.toml``, the partner's file and the
 agreements — everything an operator would have — so that the demo, the
 integration tests and the benchmark run the real thing, not a stand-in.
+
+Each demo run has broker names of its own (prefixes ``demo-<run>.xa.`` and
+``demo-<run>.xb.``), so that nothing left on a shared broker — an interrupted
+earlier run, someone else's messages — can stand in its way, and it deletes them
+at the end, also after a failure or Ctrl-C.
 """
 
 from __future__ import annotations
@@ -11,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
+import secrets
 import shutil
 import tempfile
 import time
@@ -54,8 +61,13 @@ def provision(
     agreements_dir: Path = AGREEMENTS,
     extra: dict[str, str] | None = None,
     batch_max: int = 1,
+    admin_token: bool = False,
 ) -> dict[str, Provisioned]:
-    """Create certificates and configuration for each administration under ``root/<ID>``."""
+    """Create certificates and configuration for each administration under ``root/<ID>``.
+
+    ``admin_token``: also write ``root/<ID>/admin.token`` (mode 0600) and name it as
+    ``[admin] token_file``, so that ``/readyz`` and ``maagw reload`` work.
+    """
     from gateway.app import free_port
 
     prefixes = prefixes or {gid: f"{gid.lower()}." for gid in ids}
@@ -113,6 +125,7 @@ def provision(
             "[admin]",
             'host = "127.0.0.1"',
             f"port = {ports[gid][1]}",
+            *(['token_file = "admin.token"'] if admin_token else []),
             "",
             "[tls]",
             'ca = "ca/ca.pem"',
@@ -141,8 +154,17 @@ def provision(
                 lines += [f"[{section}]", body, ""]
         config = base / "gateway.toml"
         config.write_text("\n".join(lines))
+        if admin_token:
+            _write_token(base / "admin.token")
         result[gid] = Provisioned(gid, config, prefixes[gid], *ports[gid])
     return result
+
+
+def _write_token(path: Path) -> None:
+    """A fresh admin token, readable by this user only."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(secrets.token_hex(24) + "\n")
 
 
 @dataclass
@@ -169,9 +191,16 @@ async def _exchange(settings: dict[str, Settings], timeline: Timeline) -> bool:
     from gateway.app import Gateway
 
     xa, xb = settings["XA"], settings["XB"]
-    gateways = {gid: Gateway(s) for gid, s in settings.items()}
-    for g in gateways.values():
-        await g.start()
+    started: list[Gateway] = []
+    try:
+        for s in settings.values():
+            gateway = Gateway(s)
+            await gateway.start()
+            started.append(gateway)
+    except BaseException:
+        for g in started:
+            await g.stop()
+        raise
     connection = await aio_pika.connect_robust(xa.broker.url)
     try:
         channel = await connection.channel(publisher_confirms=True)
@@ -197,7 +226,7 @@ async def _exchange(settings: dict[str, Settings], timeline: Timeline) -> bool:
             )
     finally:
         await connection.close()
-        for g in gateways.values():
+        for g in started:
             await g.stop()
     for gid, s in settings.items():
         await _audit_rows(s, gid, [request_id, reply_id], timeline)
@@ -316,8 +345,12 @@ async def _audit_rows(s: Settings, gid: str, ids: list[str], timeline: Timeline)
         await audit.close()
 
 
-def run_demo(state_dir: Path | None, broker_url: str) -> bool:
-    """Provision, start both gateways, exchange, print the timeline; True if both arrived."""
+def run_demo(state_dir: Path | None, broker_url: str, *, run_id: str | None = None) -> bool:
+    """Provision, start both gateways, exchange, print the timeline; True if both arrived.
+
+    The run's broker names (``demo-<run_id>.xa.…``, ``demo-<run_id>.xb.…``; a random
+    ``run_id`` by default) are deleted at the end, whatever happened.
+    """
     started = time.monotonic()
     if state_dir is not None and state_dir.exists() and any(state_dir.iterdir()):
         raise ConfigError(f"--state-dir {state_dir} must be absent or empty")
@@ -325,12 +358,15 @@ def run_demo(state_dir: Path | None, broker_url: str) -> bool:
     keep = state_dir is not None
     root = state_dir or Path(tempfile.mkdtemp(prefix="maagw-demo-"))
     root.mkdir(parents=True, exist_ok=True)
+    run = f"demo-{run_id or uuid.uuid4().hex[:8]}."
+    prefixes = {"XA": f"{run}xa.", "XB": f"{run}xb."}
     try:
-        provisioned = provision(root, broker_url, batch_max=32)
+        provisioned = provision(root, broker_url, prefixes=prefixes, batch_max=32, admin_token=True)
         settings = {gid: load_settings(p.config) for gid, p in provisioned.items()}
         click.echo(
             f"XA partner API on 127.0.0.1:{provisioned['XA'].partner_port}, "
-            f"XB on 127.0.0.1:{provisioned['XB'].partner_port}; broker prefixes xa., xb."
+            f"XB on 127.0.0.1:{provisioned['XB'].partner_port}; broker prefixes "
+            f"{prefixes['XA']}, {prefixes['XB']} (this run's own, removed at the end)"
         )
         timeline = Timeline()
         ok = asyncio.run(_exchange(settings, timeline))
@@ -341,14 +377,47 @@ def run_demo(state_dir: Path | None, broker_url: str) -> bool:
         else:
             click.echo(f"\nFAILED: not every message arrived ({took:.1f} s).", err=True)
         if keep:
-            click.echo(
-                f"State kept in {root}: try `maagw audit verify --config "
-                f"{root / 'XA' / 'gateway.toml'}`"
-            )
+            click.echo(_kept_state(root, provisioned["XA"]))
         return ok
     finally:
+        _remove_broker_objects(broker_url, prefixes)
         if not keep:
             shutil.rmtree(root, ignore_errors=True)
+
+
+def _kept_state(root: Path, xa: Provisioned) -> str:
+    config = root / "XA" / "gateway.toml"
+    token = root / "XA" / "admin.token"
+    return "\n".join(
+        [
+            f"State kept in {root} (XB alike, in {root / 'XB'}). Try:",
+            f"  maagw audit verify --config {config}",
+            f"  maagw dead list --config {config}",
+            f"  maagw serve --config {config}     # XA again; then, from another shell:",
+            f'  curl -H "Authorization: Bearer $(cat {token})" '
+            f"http://127.0.0.1:{xa.admin_port}/readyz",
+            f"  maagw reload --config {config}    # authenticated by {token}",
+        ]
+    )
+
+
+def _remove_broker_objects(url: str, prefixes: dict[str, str]) -> None:
+    """Delete the run's exchanges and queues; a failure is reported, never raised."""
+    from gateway.relay import Names, delete_topology
+
+    async def remove() -> None:
+        for gid, prefix in prefixes.items():
+            partners = [other for other in prefixes if other != gid]
+            await delete_topology(url, Names(prefix), partners)
+
+    try:
+        asyncio.run(remove())
+    except Exception as exc:
+        click.echo(
+            f"warning: could not remove the broker objects of this run "
+            f"({', '.join(prefixes.values())}*): {exc.__class__.__name__}: {exc}",
+            err=True,
+        )
 
 
 def _require_broker(url: str) -> None:

@@ -20,6 +20,7 @@ or a timeout raises ``RelayError``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -175,6 +176,26 @@ def topology(names: Names, partners: Iterable[str]) -> dict[str, Any]:
             for s, d, k in bindings
         ],
     }
+
+
+async def delete_topology(url: str, names: Names, partners: Iterable[str]) -> None:
+    """Delete every exchange and queue of ``names`` (the demo's and the tests' clean-up).
+
+    Missing objects are fine; the queues' messages go with them.
+    """
+    defs = topology(names, partners)
+    connection = await aio_pika.connect(url, timeout=10)
+    try:
+        for q in defs["queues"]:
+            channel = await connection.channel()
+            with contextlib.suppress(aiormq.exceptions.AMQPError):
+                await channel.queue_delete(q["name"])
+        for ex in defs["exchanges"]:
+            channel = await connection.channel()
+            with contextlib.suppress(aiormq.exceptions.AMQPError):
+                await channel.exchange_delete(ex["name"])
+    finally:
+        await connection.close()
 
 
 class Relay:

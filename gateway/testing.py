@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import socket
 import time
@@ -21,8 +20,9 @@ from typing import Any
 import aio_pika
 import pytest
 
+from gateway import relay
 from gateway.config import Settings, load_settings
-from gateway.relay import Names, topology
+from gateway.relay import Names
 
 RABBITMQ_URL = os.environ.get("MAAGW_TEST_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672/")
 
@@ -59,19 +59,7 @@ def unique_prefix(tag: str = "t") -> str:
 
 async def delete_topology(url: str, names: Names, partners: Sequence[str]) -> None:
     """Delete every exchange and queue of a prefix (test clean-up)."""
-    defs = topology(names, partners)
-    connection = await aio_pika.connect(url)
-    try:
-        for q in defs["queues"]:
-            channel = await connection.channel()
-            with contextlib.suppress(aio_pika.exceptions.AMQPError):
-                await channel.queue_delete(q["name"])
-        for ex in defs["exchanges"]:
-            channel = await connection.channel()
-            with contextlib.suppress(aio_pika.exceptions.AMQPError):
-                await channel.exchange_delete(ex["name"])
-    finally:
-        await connection.close()
+    await relay.delete_topology(url, names, partners)
 
 
 @dataclass
