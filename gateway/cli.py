@@ -90,16 +90,24 @@ def config_check(config_path: Path | None) -> None:
     help="Write here instead of standard output.",
 )
 @click.option("--no-prefix", is_flag=True, help="Names without this gateway's broker prefix.")
+@click.option(
+    "--vhost",
+    default=None,
+    help="The vhost the definitions name (default: the vhost of broker.url, '/' if none).",
+)
 @one_line_errors
-def config_topology(config_path: Path | None, out: Path | None, no_prefix: bool) -> None:
+def config_topology(
+    config_path: Path | None, out: Path | None, no_prefix: bool, vhost: str | None
+) -> None:
     """The broker topology as a RabbitMQ definitions file (rabbitmqctl import_definitions)."""
     import json
 
-    from gateway.relay import Names, topology
+    from gateway.relay import Names, topology, url_vhost
 
     settings = settings_from(config_path)
     names = Names("" if no_prefix else settings.broker.prefix)
-    text = json.dumps(topology(names, settings.partners), indent=2) + "\n"
+    vhost = vhost or url_vhost(settings.broker.url)
+    text = json.dumps(topology(names, settings.partners, vhost), indent=2) + "\n"
     if out is None:
         click.echo(text, nl=False)
     else:

@@ -117,8 +117,11 @@ def delay_for(attempt: int, initial: float, maximum: float) -> int:
     return DELAYS[-1]
 
 
-def topology(names: Names, partners: Iterable[str]) -> dict[str, Any]:
-    """The whole topology as a RabbitMQ definitions document (exchanges, queues, bindings)."""
+def topology(names: Names, partners: Iterable[str], vhost: str = "/") -> dict[str, Any]:
+    """The whole topology as a RabbitMQ definitions document (exchanges, queues, bindings).
+
+    Every object names ``vhost``: ``rabbitmqctl import_definitions`` creates it there.
+    """
     exchanges = [
         (names.outbound, "direct"),
         (names.retry, "topic"),
@@ -151,7 +154,7 @@ def topology(names: Names, partners: Iterable[str]) -> dict[str, Any]:
         "exchanges": [
             {
                 "name": n,
-                "vhost": "/",
+                "vhost": vhost,
                 "type": t,
                 "durable": True,
                 "auto_delete": False,
@@ -161,13 +164,13 @@ def topology(names: Names, partners: Iterable[str]) -> dict[str, Any]:
             for n, t in exchanges
         ],
         "queues": [
-            {"name": n, "vhost": "/", "durable": True, "auto_delete": False, "arguments": a}
+            {"name": n, "vhost": vhost, "durable": True, "auto_delete": False, "arguments": a}
             for n, a in queues
         ],
         "bindings": [
             {
                 "source": s,
-                "vhost": "/",
+                "vhost": vhost,
                 "destination": d,
                 "destination_type": "queue",
                 "routing_key": k,
