@@ -30,6 +30,9 @@ from gateway.errors import ConfigError
 
 T = TypeVar("T")
 
+#: most entries one ``search`` returns: they are held in memory and printed at once
+MAX_SEARCH_LIMIT = 100_000
+
 
 @dataclass(frozen=True)
 class _Target:
@@ -127,7 +130,13 @@ def _header() -> str:
 @click.option("--outcome", help="ok, refused, failed, …")
 @click.option("--since", help="ISO time (UTC unless a zone is given).")
 @click.option("--until", help="ISO time (UTC unless a zone is given).")
-@click.option("--limit", type=click.IntRange(1), default=1000, show_default=True)
+@click.option(
+    "--limit",
+    type=click.IntRange(1, MAX_SEARCH_LIMIT),
+    default=1000,
+    show_default=True,
+    help=f"At most this many entries (1 to {MAX_SEARCH_LIMIT:,}; for more, use export).",
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 def search(
     config_path: Path | None,

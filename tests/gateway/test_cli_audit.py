@@ -209,3 +209,12 @@ def test_bad_config_exits_2(tmp_path: Path) -> None:
     """An unreadable --config is a configuration error: exit 2, one line."""
     result = run("verify", "--config", str(tmp_path / "missing.toml"))
     assert result.exit_code == 2 and "CONFIG" in result.output
+
+
+@pytest.mark.parametrize(("limit", "status"), [("100000", 0), ("100001", 2), ("0", 2)])
+def test_search_limit_has_a_maximum(db: str, limit: str, status: int) -> None:
+    """search --limit takes 1 to 100,000; a larger (or smaller) one is a usage error, exit 2."""
+    result = run("search", "--db", db, "--limit", limit)
+    assert result.exit_code == status, result.output
+    if status:
+        assert "1<=x<=100000" in result.output
