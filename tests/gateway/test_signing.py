@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import copy
 import hashlib
 import shutil
@@ -16,6 +17,10 @@ import xmlsec
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import (
+    decode_dss_signature,
+    encode_dss_signature,
+)
 from cryptography.x509.oid import NameOID
 from lxml import etree
 
@@ -644,3 +649,23 @@ def test_weak_algorithm_vectors_are_refused(path: Path, profile: str, xa: Identi
     name = f"{path.parent.name}/{path.name}"
     expected = "XML_UNSAFE" if name in WITH_DOCTYPE else "SIG_ALGORITHM"
     assert refused(path.read_bytes(), [xa.cert], profile=profile) == expected
+
+
+def test_ecdsa_signature_value_is_raw_r_s_and_checkpoints_are_der(
+    signed: bytes, xa: Identity
+) -> None:
+    """An envelope's ECDSA SignatureValue is the 64-byte r‖s of XML-DSig 1.1; a detached (checkpoint) signature is DER (docs/signing.md)."""
+    root = etree.fromstring(signed)
+    value = base64.b64decode(root.findtext(".//ds:SignatureValue", namespaces=NS) or "")
+    assert len(value) == 64
+    signed_info = root.find(".//ds:SignedInfo", namespaces=NS)
+    assert signed_info is not None
+    c14n = etree.tostring(signed_info, method="c14n", exclusive=True, with_comments=False)
+    r, s = int.from_bytes(value[:32], "big"), int.from_bytes(value[32:], "big")
+    public = xa.cert.public_key()
+    assert isinstance(public, ec.EllipticCurvePublicKey)
+    public.verify(encode_dss_signature(r, s), c14n, ec.ECDSA(hashes.SHA256()))
+    der = signing.Signer(xa.key, xa.cert).sign_detached_bytes(b"checkpoint")
+    r2, s2 = decode_dss_signature(der)  # DER, as openssl dgst wants it
+    public.verify(der, b"checkpoint", ec.ECDSA(hashes.SHA256()))
+    assert der[0] == 0x30 and (r2, s2) != (r, s)
