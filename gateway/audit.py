@@ -60,6 +60,7 @@ from gateway.audit_store import (
     open_store,
 )
 from gateway.errors import AuditError
+from gateway.health import Health
 from gateway.tasks import spawn
 
 __all__ = [
@@ -211,6 +212,16 @@ class AuditLog:
         self.url: str | None = None
         self._last_cp_seq = 0
         self._last_cp_mono = 0.0
+        #: whether the last write worked (readiness); failures are logged once per episode
+        self.health = Health("audit", self._probe)
+
+    async def _probe(self) -> None:
+        try:
+            await self._store.probe()
+        except AuditError as exc:
+            self.health.failed(exc.code, exc.reason)
+        else:
+            self.health.succeeded()
 
     @classmethod
     async def open(
@@ -378,11 +389,14 @@ class AuditLog:
                 if isinstance(exc, AuditError)
                 else AuditError(f"audit write failed: {exc}", code="AUDIT_WRITE_FAILED")
             )
-            log.error("audit_write_failed", entries=len(batch.entries), error=str(exc))
+            # logged once per failure episode (error level) by the health tracker
+            self.health.failed(err.code, err.reason)
+            log.debug("audit_write_failed", entries=len(batch.entries), error=str(exc))
             for _, fut in (*batch.entries, *batch.evidence):
                 if fut is not None and not fut.done():
                     fut.set_exception(err)
             return
+        self.health.succeeded()
         self._head = head
         first = head[0] - len(batch.entries) + 1
         for i, (_, fut) in enumerate(batch.entries):
@@ -437,6 +451,7 @@ class AuditLog:
         if self._closing and self._writer is None:
             return
         self._closing = True
+        self.health.stop()
         self._wake.set()
         writer, self._writer = self._writer, None
         try:
