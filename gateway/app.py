@@ -25,6 +25,7 @@ import signal
 import socket
 import ssl
 import time
+import uuid
 from collections import Counter
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -39,7 +40,7 @@ from gateway import admin, certs, tasks
 from gateway.audit import AuditEvent, AuditLog
 from gateway.config import Settings
 from gateway.delivery import PartnerClient
-from gateway.errors import AuthError, GatewayError, RelayError
+from gateway.errors import AuditError, AuthError, GatewayError, RelayError
 from gateway.inbound import PIPELINE, RUNTIME, InboundPipeline, handle_messages
 from gateway.outbound import OutboundPipeline
 from gateway.relay import Names, Relay
@@ -163,6 +164,8 @@ class Gateway:
         self.settings = settings
         #: index of this process under ``serve --workers N`` (None: the only process)
         self.worker = worker
+        #: this run of the process (claims made now carry it; see Store.take_over_claims)
+        self.boot = uuid.uuid4().hex[:12]
         self.runtime: Runtime
         #: partner -> its open, authenticated connections
         self.connections: dict[str, set[asyncio.Transport]] = {}
@@ -191,6 +194,12 @@ class Gateway:
     def gateway_id(self) -> str:
         return self.settings.gateway_id
 
+    @property
+    def instance(self) -> str:
+        """This process's name among the administration's gateways (claims carry it)."""
+        base = self.settings.instance_id
+        return base if self.worker is None else f"{base}/w{self.worker}"
+
     async def start(self) -> None:
         """Load material, connect the broker, open the stores, listen, consume."""
         s = self.settings
@@ -202,7 +211,12 @@ class Gateway:
         self._own_certs = own_certificates(s)
         signer = Signer.from_files(s.signing.key, s.signing.cert)
         s.state_dir.mkdir(parents=True, exist_ok=True)
-        store = await Store.open(s.state_dir / "state.db")
+        store = await Store.open(s.state_dir / "state.db", owner=self.instance, boot=self.boot)
+        taken = await store.take_over_claims()
+        if taken:
+            # this instance's previous process died while publishing these: the senders'
+            # next attempts are published at once, marked as possible duplicates
+            log.warning("claims_taken_over", count=taken, instance=self.instance)
         audit = await AuditLog.open(s.audit_url, gateway_id=s.gateway_id, checkpoint_signer=signer)
         relay = Relay(
             s.broker.url,
@@ -311,11 +325,17 @@ class Gateway:
     # ------------------------------------------------------------------ admin target
 
     async def readiness(self) -> dict[str, bool]:
-        """Broker connected, audit store writable, own certificates within validity."""
+        """Broker connected, stores writable, own certificates within validity.
+
+        A store is not ready while its writes fail (its health probes it meanwhile).
+        """
         now = datetime.now(UTC)
+        rt = self.runtime
         return {
-            "broker": self.runtime.relay.ready,
-            "audit": await _audit_writable(self.runtime.audit, self.settings.audit_url),
+            "broker": rt.relay.ready,
+            "state": rt.store.health.healthy,
+            "audit": rt.audit.health.healthy
+            and await _audit_writable(rt.audit, self.settings.audit_url),
             "certificates": all(
                 c.not_valid_before_utc <= now <= c.not_valid_after_utc for _, c in self._own_certs
             ),
@@ -550,7 +570,13 @@ class Gateway:
         )
 
     def _audit_soon(self, event: AuditEvent) -> None:
-        tasks.spawn(self.runtime.audit.append(event), name="audit-auth-failure")
+        async def append() -> None:
+            try:
+                await self.runtime.audit.append(event)
+            except AuditError:  # the audit log's health has logged the episode
+                log.warning("audit_entry_lost", audit_event=event.event, code=event.code)
+
+        tasks.spawn(append(), name="audit-auth-failure")
 
     # ------------------------------------------------------------------ lifecycle
 

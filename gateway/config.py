@@ -10,15 +10,19 @@ file's directory. Environment variables ``MAAGW_*`` override the main file (see
 from __future__ import annotations
 
 import os
+import socket
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from gateway.errors import ConfigError
 from gateway.policy import Agreement, load_agreements
+
+log = structlog.get_logger(__name__)
 
 DEFAULT_CONFIG = Path("config/gateway.toml")
 
@@ -47,6 +51,9 @@ class GatewaySection(_Model):
     state_dir: Path = Path("state")
     #: build every adapter's schemas at start (an NCTS XSD 1.1 takes over a second)
     preload_schemas: bool = True
+    #: this gateway instance's name among several of one administration (claims carry it);
+    #: default: the host name and the partner port
+    instance_id: str = Field(default="", max_length=128)
 
 
 class ListenSection(_Model):
@@ -98,8 +105,12 @@ class BackOfficeSection(_Model):
 class DeliverySection(_Model):
     timeout: float = Field(default=15.0, gt=0)
     concurrency: int = Field(default=8, gt=0, le=256)
-    max_attempts: int = Field(default=8, gt=0)
+    #: a message is retried until it is this old, when its agreement does not say
+    max_age_seconds: float = Field(default=86400.0, gt=0)
+    #: obsolete (retries end at the age limit, never after a count); accepted and ignored
+    max_attempts: int | None = Field(default=None, gt=0)
     backoff_initial: float = Field(default=1.0, gt=0)
+    #: the longest pause between two attempts (each pause is jittered below it)
     backoff_max: float = Field(default=300.0, gt=0)
 
 
@@ -158,6 +169,7 @@ class Settings(_Model):
     name: str
     state_dir: Path
     preload_schemas: bool
+    instance_id: str
     partner_api: ListenSection
     admin: AdminSection
     tls: TlsSection
@@ -201,6 +213,7 @@ def load_settings(
             f"{partners_dir / (main.gateway.id + '.toml')}: id: this gateway's own id"
         )
     agreements = load_agreements(agreements_dir) if agreements_dir.is_dir() else {}
+    _warn_obsolete(path, main, agreements)
     state_dir = _resolve(base, main.gateway.state_dir)
     return Settings(
         path=path,
@@ -208,6 +221,7 @@ def load_settings(
         name=main.gateway.name or main.gateway.id,
         state_dir=state_dir,
         preload_schemas=main.gateway.preload_schemas,
+        instance_id=main.gateway.instance_id or f"{socket.gethostname()}:{main.partner_api.port}",
         partner_api=main.partner_api,
         admin=main.admin.model_copy(
             update={"token_file": _resolve(base, main.admin.token_file)}
@@ -223,6 +237,23 @@ def load_settings(
         partners=partners,
         agreements=agreements,
     )
+
+
+def _warn_obsolete(path: Path, main: GatewayFile, agreements: Mapping[str, Agreement]) -> None:
+    """Say so when a file still sets a key that no longer has an effect."""
+    where = [f"{path}: delivery.max_attempts"] if main.delivery.max_attempts is not None else []
+    where += [
+        f"agreement {a.id}: delivery.max_attempts"
+        for a in agreements.values()
+        if a.delivery.max_attempts is not None
+    ]
+    for key in where:
+        log.warning(
+            "config_key_obsolete",
+            key=key,
+            reason="ignored: a message is retried until its age limit (max_age_seconds), "
+            "never dead-lettered after a number of attempts",
+        )
 
 
 def load_partners(directory: Path) -> dict[str, Partner]:

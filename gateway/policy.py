@@ -108,8 +108,11 @@ class Delivery(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    max_attempts: int = Field(default=8, ge=1)
-    max_age_seconds: float = Field(default=86400.0, gt=0)
+    #: obsolete: retries end at ``max_age_seconds``, never after a count (accepted, ignored)
+    max_attempts: int | None = Field(default=None, ge=1)
+    #: the relay retries a message until it is this old, then dead-letters it
+    #: (None: the gateway's ``[delivery] max_age_seconds``)
+    max_age_seconds: float | None = Field(default=None, gt=0)
 
 
 class Flow(BaseModel):
