@@ -102,10 +102,18 @@ class DeliveryError(GatewayError):
     default_code = "DELIVERY_FAILED"
 
     def __init__(
-        self, reason: str, *, code: str | None = None, retryable: bool = True, **context: Any
+        self,
+        reason: str,
+        *,
+        code: str | None = None,
+        retryable: bool = True,
+        retry_after: float | None = None,
+        **context: Any,
     ) -> None:
         super().__init__(reason, code=code, **context)
         self.retryable = retryable
+        #: how long the partner asked us to wait (its Retry-After), if it said
+        self.retry_after = retry_after
 
 
 class AuditError(GatewayError):

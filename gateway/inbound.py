@@ -36,6 +36,7 @@ from gateway.audit import AuditEvent
 from gateway.envelope import Envelope, ReceiptEntry
 from gateway.errors import (
     AdapterError,
+    AuditError,
     AuthError,
     EnvelopeError,
     GatewayError,
@@ -52,6 +53,7 @@ from gateway.runtime import (
     canonical,
     hexdigest,
 )
+from gateway.store import StoreError
 from gateway.tls import peer_der
 
 log = structlog.get_logger(__name__)
@@ -119,8 +121,11 @@ class InboundPipeline:
         except (EnvelopeError, SignatureError, AuthError, PolicyViolation, AdapterError) as exc:
             return await self.refuse(partner, message_id, digest, env, exc)
         except GatewayError as exc:
-            # the gateway's own state (store, audit, broker) failed: the sender retries
-            log.warning("inbound_unavailable", code=exc.code, reason=exc.reason)
+            # the gateway's own state (store, audit, broker) failed: the sender retries. A
+            # store failure is logged once per episode by the store's health (error level)
+            (log.warning if isinstance(exc, RelayError) else log.debug)(
+                "inbound_unavailable", code=exc.code, reason=exc.reason
+            )
             return Outcome(503, None, retry_after=RETRY_AFTER_SECONDS)
 
     def _check_header(self, partner: str, env: Envelope) -> None:
@@ -178,6 +183,13 @@ class InboundPipeline:
                 ),
             )
         if claim.outcome == "in_flight":
+            # another request (or a process that died, until its claim goes stale) is
+            # publishing this id right now
+            log.warning(
+                "claim_in_flight",
+                partner=partner,
+                hint="answered 503; the sender tries again later",
+            )
             return Outcome(503, None, retry_after=RETRY_AFTER_SECONDS)
         try:
             return await self._publish(partner, env, verified, digest, claim.possible_duplicate)
@@ -271,13 +283,20 @@ class InboundPipeline:
                 partner, head.message_id, uncertain=exc.code == "RELAY_UNCONFIRMED"
             )
             return Outcome(503, None, retry_after=RETRY_AFTER_SECONDS)
-        if head.message_type == "maa.request":
-            await rt.store.remember_request(head.agreement, partner, head.message_id)
+        try:
+            if head.message_type == "maa.request":
+                await rt.store.remember_request(head.agreement, partner, head.message_id)
+            retention = agreement.retention_days if agreement else 3650
+            await rt.audit.store_evidence(
+                hexdigest(verified.digest), "envelope", verified.evidence, retention
+            )
+        except BaseException:
+            # published already: the sender's retry must be published marked as a possible
+            # duplicate (the release without the mark in _accept then finds nothing to do)
+            with contextlib.suppress(GatewayError):
+                await rt.store.release(partner, head.message_id, uncertain=True)
+            raise
         entry = ReceiptEntry(head.message_id, digest, "accepted")
-        retention = agreement.retention_days if agreement else 3650
-        await rt.audit.store_evidence(
-            hexdigest(verified.digest), "envelope", verified.evidence, retention
-        )
         log.info("message_published", partner=partner, type=head.message_type)
         return Outcome(
             200,
@@ -306,7 +325,7 @@ class InboundPipeline:
             code=exc.code,
             reason=exc.reason,
         )
-        log.info("message_rejected", partner=partner, code=exc.code, reason=exc.reason)
+        log.warning("message_rejected", partner=partner, code=exc.code, reason=exc.reason)
         entry = ReceiptEntry(message_id, digest, "rejected", code=exc.code, reason=exc.reason)
         return Outcome(http_status(exc.code), entry, events=(rejected,))
 
@@ -315,6 +334,31 @@ class InboundPipeline:
         return await self.answer_many(partner, [outcome], batch=False)
 
     async def answer_many(
+        self, partner: str, outcomes: list[Outcome], *, batch: bool = True
+    ) -> web.Response:
+        """Answer (see ``_answer_many``); 503 when the audit log or the state store fails.
+
+        No receipt without its audit entries: the sender tries again later. What was
+        published already is then published again, marked as a possible duplicate.
+        """
+        try:
+            return await self._answer_many(partner, outcomes, batch=batch)
+        except (StoreError, AuditError) as exc:
+            log.debug("inbound_unavailable", code=exc.code, reason=exc.reason)
+            for outcome in outcomes:
+                entry = outcome.entry
+                if outcome.sender is not None and entry is not None:
+                    with contextlib.suppress(GatewayError):
+                        await self.rt.store.release(
+                            outcome.sender, entry.message_id, uncertain=True
+                        )
+            return web.Response(
+                status=503,
+                headers={"Retry-After": str(int(RETRY_AFTER_SECONDS))},
+                text="try again later\n",
+            )
+
+    async def _answer_many(
         self, partner: str, outcomes: list[Outcome], *, batch: bool = True
     ) -> web.Response:
         """Sign one receipt list for every final outcome, keep it, audit, answer.
