@@ -34,9 +34,11 @@ from typing import Any
 import structlog
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
+from cryptography import x509
 
 from gateway import admin, certs, tasks
 from gateway.audit import AuditEvent, AuditLog
+from gateway.audit_certs import record_event
 from gateway.config import Settings
 from gateway.delivery import PartnerClient
 from gateway.errors import AuthError, GatewayError, RelayError
@@ -204,6 +206,7 @@ class Gateway:
         s.state_dir.mkdir(parents=True, exist_ok=True)
         store = await Store.open(s.state_dir / "state.db")
         audit = await AuditLog.open(s.audit_url, gateway_id=s.gateway_id, checkpoint_signer=signer)
+        await self._record_signing_cert(audit, signer.cert, "system")
         relay = Relay(
             s.broker.url,
             Names(s.broker.prefix),
@@ -434,8 +437,31 @@ class Gateway:
             ]
         return []
 
+    async def _record_signing_cert(
+        self, audit: AuditLog, cert: x509.Certificate, actor: str
+    ) -> None:
+        """Record the signing certificate in the audit log, before it signs a checkpoint.
+
+        Only when the log does not hold it yet, and by one process (worker 0) under
+        ``serve --workers``: ``audit verify`` then trusts it after a rotation.
+        """
+        if self.worker not in (None, 0):
+            return
+        sha = certs.cert_sha256(cert)
+        if any(r.sha256 == sha for r in await audit.cert_records()):
+            return
+        seq = await audit.append(record_event(cert, actor=actor, source="gateway"))
+        log.info(
+            "signing_cert_recorded",
+            seq=seq,
+            cert_sha256=sha,
+            serial=certs.serial_hex(cert.serial_number),
+        )
+
     async def _install(self, m: Material, actor: str) -> ReloadResult:
         old = self.settings
+        if m.signer.cert != self.runtime.signer.cert:
+            await self._record_signing_cert(self.runtime.audit, m.signer.cert, actor)
         closing, kept = closures(m.trust, self.connections)
         m.trust.carry(kept)
         rt = self.runtime
@@ -448,6 +474,7 @@ class Gateway:
         rt.settings = m.settings
         rt.trust = m.trust
         rt.signer = m.signer
+        rt.audit.set_signer(m.signer)
         rt.client = self._new_client(m.settings, m.trust)
         self._retire(old_client, m.settings.delivery.timeout)
         for c in closing:

@@ -116,6 +116,23 @@ def spki_pin(cert: x509.Certificate) -> str:
     return public_key_pin(cert.public_key())
 
 
+def cert_sha256(cert: x509.Certificate) -> str:
+    """Lower-case hex SHA-256 of the certificate's DER: its fingerprint (not an SPKI pin).
+
+    ``openssl x509 -noout -fingerprint -sha256`` prints the same digits in upper
+    case with colons.
+    """
+    return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
+
+
+def cert_labels(cert: x509.Certificate) -> str:
+    """``serial=… cert_sha256=… spki_pin=sha256:…``: how the CLI names a certificate."""
+    return (
+        f"serial={serial_hex(cert.serial_number)} cert_sha256={cert_sha256(cert)} "
+        f"spki_pin={spki_pin(cert)}"
+    )
+
+
 def public_key_pin(key: CertificatePublicKeyTypes) -> str:
     """Return the SPKI pin (``sha256:<hex>``) of a public key."""
     der = key.public_bytes(
@@ -869,8 +886,25 @@ class Rotation:
     written: list[Path]
 
 
+def _signing_candidates(out: Path, name: str) -> list[Path]:
+    return [out / f"{name}.pem", *Path(out).glob(f"{name}-*.pem")]
+
+
+def is_signing_family(cert_path: Path, out: Path, name: str) -> bool:
+    """True when ``cert_path`` holds the same certificate as NAME.pem or a NAME-*.pem in ``out``."""
+    try:
+        cert = load_cert(cert_path)
+    except ConfigError:
+        return False
+    for path in _signing_candidates(out, name):
+        with contextlib.suppress(ConfigError):
+            if path.is_file() and load_cert(path) == cert:
+                return True
+    return False
+
+
 def _current_signing_cert(out: Path, name: str) -> Path:
-    candidates = [out / f"{name}.pem", *out.glob(f"{name}-*.pem")]
+    candidates = _signing_candidates(out, name)
     existing = [p for p in candidates if p.is_file()]
     if not existing:
         raise ConfigError(
@@ -1082,6 +1116,11 @@ def import_partner(
     written.append(toml_path)
     log.info("partner_imported", partner=partner_id, pins=len(pins), signing_certs=len(signing))
     return written
+
+
+def issued_directly_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    """True when ``issuer`` signed ``cert`` (one level, names and signature)."""
+    return cert.issuer == issuer.subject and _directly_issued_by(cert, issuer)
 
 
 def _directly_issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
