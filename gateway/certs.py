@@ -251,6 +251,12 @@ def load_crl(path: Path) -> x509.CertificateRevocationList:
         raise ConfigError(f"not a CRL: {path}", code="CONFIG_CRL", path=str(path)) from exc
 
 
+def write_crl(path: Path, crl: x509.CertificateRevocationList) -> Path:
+    """Write a CRL as PEM (mode 0644), atomically: a reader sees the old or the new one."""
+    _write_atomic(Path(path), crl.public_bytes(serialization.Encoding.PEM), 0o644)
+    return Path(path)
+
+
 def generate_key(key_type: KeyType = "ec") -> CertificateIssuerPrivateKeyTypes:
     """Generate an ECDSA P-256 key (``"ec"``) or an RSA-3072 key (``"rsa"``)."""
     if key_type == "ec":
@@ -689,6 +695,76 @@ def describe(paths: Iterable[Path], now: dt.datetime | None = None) -> list[Cert
     return rows
 
 
+#: Days before a CRL's nextUpdate from which ``list`` flags it (``[crl] warning_days``).
+CRL_WARNING_DAYS = 2.0
+
+
+@dataclass(frozen=True)
+class CrlInfo:
+    """One CRL line of ``maagw certs list``: issuer, CRL number, nextUpdate, time left."""
+
+    path: Path
+    issuer: str
+    number: str
+    next_update: dt.datetime | None
+    days_left: int | None
+    #: ``STALE`` past nextUpdate, ``EXPIRING`` within the warning horizon, else ``""``
+    flag: str
+
+
+def describe_crls(
+    paths: Iterable[Path], now: dt.datetime | None = None, warning_days: float = CRL_WARNING_DAYS
+) -> list[CrlInfo]:
+    """Describe every CRL file in ``paths`` (the number in hex, as openssl prints it)."""
+    now = now or _now()
+    rows = []
+    for path in paths:
+        crl = load_crl(Path(path))
+        next_update = crl.next_update_utc
+        try:
+            number = serial_hex(
+                crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+            )
+        except x509.ExtensionNotFound:
+            number = "-"
+        flag = ""
+        if next_update is not None and next_update < now:
+            flag = "STALE"
+        elif next_update is not None and next_update - now <= dt.timedelta(days=warning_days):
+            flag = "EXPIRING"
+        rows.append(
+            CrlInfo(
+                path=Path(path),
+                issuer=crl.issuer.rfc4514_string(),
+                number=number,
+                next_update=next_update,
+                days_left=(next_update - now) // dt.timedelta(days=1) if next_update else None,
+                flag=flag,
+            )
+        )
+    return rows
+
+
+def crl_files(directory: Path) -> list[Path]:
+    """The files under ``directory`` that hold a CRL (PEM, or DER named ``*.crl``), sorted."""
+    found = []
+    for path in sorted(Path(directory).rglob("*")):
+        if not path.is_file():
+            continue
+        suffix = path.suffix.lower()
+        if suffix == ".crl" or (
+            suffix in _CERT_SUFFIXES and _holds(path, b"-----BEGIN X509 CRL-----")
+        ):
+            found.append(path)
+    return found
+
+
+def configured_crl_paths(settings: Any) -> list[Path]:
+    """The partners' CRL files a settings object names (``partners.<ID>.crl``)."""
+    partners = getattr(settings, "partners", {}) or {}
+    return sorted({Path(p.crl) for p in partners.values() if getattr(p, "crl", None)})
+
+
 def expiry_report(
     paths: Iterable[Path], now: dt.datetime | None = None
 ) -> list[tuple[Path, str, int]]:
@@ -709,8 +785,12 @@ def pem_files(directory: Path) -> list[Path]:
 
 
 def _holds_cert(path: Path) -> bool:
+    return _holds(path, b"-----BEGIN CERTIFICATE-----")
+
+
+def _holds(path: Path, marker: bytes) -> bool:
     try:
-        return b"-----BEGIN CERTIFICATE-----" in path.read_bytes()
+        return marker in path.read_bytes()
     except OSError:
         return False
 

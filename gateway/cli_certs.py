@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import click
 from cryptography import x509
@@ -154,10 +154,15 @@ def issue_cmd(
     )
 
 
-def _settings_cert_paths(config: Path) -> list[Path]:
+def _settings_paths(config: Path) -> tuple[list[Path], list[Path], float]:
     from gateway.config import load_settings  # only `list --config` needs the whole config
 
-    return certs_mod.configured_cert_paths(load_settings(config), base=config.parent)
+    settings = load_settings(config)
+    return (
+        certs_mod.configured_cert_paths(settings, base=config.parent),
+        certs_mod.configured_crl_paths(settings),
+        settings.crl.warning_days,
+    )
 
 
 @certs.command("list")
@@ -169,18 +174,21 @@ def _settings_cert_paths(config: Path) -> list[Path]:
 @click.argument("directory", required=False, type=_ExistingDir)
 @_one_line_errors
 def list_cmd(config: Path | None, directory: Path | None) -> None:
-    """List certificates: subject, serial (hex), kind, not-after, days left, file.
+    """List certificates and CRLs, one tab-separated line each.
 
-    Without DIR, lists the gateway's own certificates and every partner's
-    configured ones. Fewer than 30 days left is flagged EXPIRING, past expiry
-    EXPIRED.
+    Certificates: subject, serial (hex, as openssl prints it), kind, not-after, days
+    left, file, flag — EXPIRING under 30 days, EXPIRED past expiry. CRLs: issuer, CRL
+    number (hex), "crl", nextUpdate, days left, file, flag — EXPIRING within [crl]
+    warning_days (2) of nextUpdate, STALE past it. Without DIR, lists the gateway's own
+    certificates and every partner's configured ones and CRLs.
     """
     if directory is not None and config is not None:
         raise click.UsageError("give either --config PATH or a DIR, not both")
+    warning_days = certs_mod.CRL_WARNING_DAYS
     if directory is not None:
-        paths = certs_mod.pem_files(directory)
+        paths, crl_paths = certs_mod.pem_files(directory), certs_mod.crl_files(directory)
     else:
-        paths = _settings_cert_paths(config or _default_config())
+        paths, crl_paths, warning_days = _settings_paths(config or _default_config())
     rows = certs_mod.describe(paths)
     for row in rows:
         flag = "EXPIRED" if row.days_left < 0 else "EXPIRING" if row.expiring else ""
@@ -197,7 +205,21 @@ def list_cmd(config: Path | None, directory: Path | None) -> None:
                 ]
             ).rstrip()
         )
-    if not rows:
+    for crl in certs_mod.describe_crls(crl_paths, warning_days=warning_days):
+        click.echo(
+            "\t".join(
+                [
+                    crl.issuer,
+                    crl.number,
+                    "crl",
+                    f"{crl.next_update:%Y-%m-%dT%H:%M:%SZ}" if crl.next_update else "-",
+                    f"{crl.days_left}d" if crl.days_left is not None else "-",
+                    str(crl.path),
+                    crl.flag,
+                ]
+            ).rstrip()
+        )
+    if not rows and not crl_paths:
         click.echo("no certificates found", err=True)
 
 
@@ -460,6 +482,112 @@ def _audit_rotation(
             await audit.close()
 
     return asyncio.run(record())
+
+
+@certs.command("fetch-crl")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Gateway configuration [default: $MAAGW_CONFIG, then config/gateway.toml].",
+)
+@click.option("--partner", "partner_ids", multiple=True, help="Only this partner (repeatable).")
+@click.option("--actor", default=None, help="Who fetches (default: os:<user>).")
+@_one_line_errors
+def fetch_crl_cmd(
+    config_path: Path | None, partner_ids: tuple[str, ...], actor: str | None
+) -> None:
+    """Fetch partners' CRLs now and write the newer ones to their crl files.
+
+    What the gateway does on its own every [crl] fetch_interval_seconds; for a CRL
+    that went stale while the gateway was down (it refuses to load one). A running
+    gateway puts the new files in force within [crl] check_seconds (or `maagw reload`).
+    Exit 1 when a fetch failed (the old CRL file is kept).
+    """
+    import asyncio
+
+    from gateway import crl
+    from gateway.config import load_settings
+    from gateway.tls import TrustStore
+
+    settings = load_settings(config_path or _default_config())
+    unknown = sorted(set(partner_ids) - set(settings.partners))
+    if unknown:
+        raise ConfigError(f"unknown partner(s): {', '.join(unknown)}", code="CONFIG_PARTNER_ID")
+    chosen = {p: settings.partners[p] for p in partner_ids or sorted(settings.partners)}
+    trust = TrustStore(chosen, allow_stale_crl=True)
+
+    async def fetch_all() -> list[crl.Fetched]:
+        return [
+            await crl.fetch(
+                partner,
+                trust.partners[pid],
+                timeout=settings.crl.fetch_timeout_seconds,
+                max_bytes=settings.crl.max_bytes,
+            )
+            for pid, partner in chosen.items()
+            if trust.partners[pid].crl_path is not None
+        ]
+
+    results = asyncio.run(fetch_all())
+    failed = False
+    installed = []
+    for result in results:
+        path = trust.partners[result.partner].crl_path
+        if result.error is not None:
+            failed = True
+            click.echo(f"{result.partner}: {result.error} (kept {path})", err=True)
+        elif result.write_error is not None:
+            failed = True
+            click.echo(f"{result.partner}: cannot write {result.write_error}", err=True)
+        elif result.changed and result.crl is not None:
+            about = crl.describe(result.crl)
+            installed.append((result, about))
+            click.echo(str(path))
+            click.echo(
+                f"{result.partner}: CRL number {about['crl_number']}, nextUpdate "
+                f"{about['next_update']}, {about['revoked']} revoked, from {result.url}",
+                err=True,
+            )
+        else:
+            click.echo(f"{result.partner}: unchanged ({result.url})", err=True)
+    if not results:
+        click.echo("no partner has a crl file to keep current", err=True)
+    if installed:
+        _audit_crl_fetch(settings, actor or f"os:{getpass.getuser()}", installed)
+    if failed:
+        sys.exit(1)
+
+
+def _audit_crl_fetch(
+    settings: Settings, actor: str, installed: list[tuple[Any, dict[str, object]]]
+) -> None:
+    import asyncio
+
+    from gateway.audit import AuditEvent, AuditLog
+
+    async def record() -> None:
+        audit = await AuditLog.open(settings.audit_url, gateway_id=settings.gateway_id)
+        try:
+            await audit.append_many(
+                [
+                    AuditEvent(
+                        event="operator_action",
+                        partner=result.partner,
+                        actor=actor,
+                        outcome="ok",
+                        code="CRL_FETCHED",
+                        reason=f"CRL of {result.partner} fetched by the operator",
+                        details={"action": "crl_fetch", "source": result.url, **about},
+                    )
+                    for result, about in installed
+                ]
+            )
+        finally:
+            await audit.close()
+
+    asyncio.run(record())
 
 
 @certs.command("import-partner")

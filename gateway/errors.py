@@ -15,6 +15,7 @@ as keyword arguments::
     │   └── EncodeError
     ├── RelayError           RELAY_*      broker unavailable, publish not confirmed
     ├── DeliveryError        DELIVERY_*   partner unreachable or answered badly
+    ├── CrlError             CRL_*        a partner's CRL could not be fetched or is unusable
     └── AuditError           AUDIT_*      the exchange log cannot be written or read
 
 A bug stays a built-in error; only conditions the gateway anticipates become
@@ -106,6 +107,12 @@ class DeliveryError(GatewayError):
     ) -> None:
         super().__init__(reason, code=code, **context)
         self.retryable = retryable
+
+
+class CrlError(GatewayError):
+    """A partner's CRL could not be fetched, or the fetched one is unusable (the old stays)."""
+
+    default_code = "CRL_FETCH_FAILED"
 
 
 class AuditError(GatewayError):
