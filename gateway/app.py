@@ -426,7 +426,13 @@ class Gateway:
                     cut_off=st.cut_off,
                     file=str(st.path),
                 )
+        self._crls.rounds += 1
         return fetched
+
+    @property
+    def crl_rounds(self) -> int:
+        """How many rounds the CRL watch (or ``refresh_crls``) has completed."""
+        return self._crls.rounds
 
     async def _crl_fetched(self, result: crl.Fetched) -> None:
         """Install, log and audit the outcome of one fetch (the old CRL stays on failure)."""

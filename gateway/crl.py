@@ -337,6 +337,8 @@ class WatchState:
     """What the CRL watch remembers between rounds: when to fetch, what failed, what it warned."""
 
     def __init__(self) -> None:
+        #: rounds completed (``Gateway.refresh_crls``)
+        self.rounds = 0
         self._due: dict[str, float] = {}
         self._failing: dict[str, str] = {}
         self._warned: set[tuple[str, datetime | None, str]] = set()
