@@ -241,7 +241,10 @@ def revoke_cmd(ca_dir: Path, serial: str, reason: str) -> None:
     """Revoke SERIAL (hex, as openssl prints it); publish with `maagw certs crl`."""
     written = certs_mod.revoke(ca_dir, serial, reason)
     if not written:
-        click.echo(f"serial {serial} was already revoked", err=True)
+        click.echo(
+            f"serial {certs_mod.serial_hex(certs_mod.parse_serial(serial))} was already revoked",
+            err=True,
+        )
     _print_paths(written)
 
 

@@ -296,3 +296,13 @@ async def test_another_worker_picks_up_the_crl_file_without_fetching(
     finally:
         await worker.stop()
         await server.stop()
+
+
+async def test_reload_refuses_a_stale_crl_and_keeps_the_one_in_force(setup: Setup) -> None:
+    """A reload finding a CRL already past nextUpdate fails with CONFIG_CRL_STALE; the old CRL stays in force."""
+    trust_before = setup.xb.runtime.trust
+    setup.crl_file.write_bytes(setup.make_crl(now=NOW - dt.timedelta(days=10), next_update_days=1))
+    result = await setup.xb.reload("op:dave")
+    assert (result.ok, result.code) == (False, "CONFIG_CRL_STALE")
+    assert setup.xb.runtime.trust is trust_before and setup.in_force() == 1
+    assert await setup.status_of_new_connection() == 204

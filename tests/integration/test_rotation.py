@@ -114,3 +114,19 @@ async def test_rotate_exchange_and_audit_verify_exit_0(
     assert code == 0, out + err
     assert "OK: chain and checkpoints verify" in out
     assert "(all valid), last valid at seq" in out
+
+
+async def test_the_gateway_records_its_signing_certificate_once(pair: dict[str, Settings]) -> None:
+    """Starting records the signing certificate in the audit log; starting again does not record it twice."""
+    for _ in range(2):
+        xa = Gateway(pair["XA"])
+        await xa.start()
+        await xa.stop()
+    audit = await AuditLog.open(pair["XA"].audit_url, gateway_id="XA", create=False)
+    try:
+        records = await audit.cert_records()
+    finally:
+        await audit.close()
+    signing = certs.load_cert(pair["XA"].signing.cert)
+    assert [r.sha256 for r in records] == [certs.cert_sha256(signing)]
+    assert records[0].seq == 1  # before anything else, so before any checkpoint it signs
