@@ -1183,7 +1183,9 @@ def _verify_txt(manifest: Mapping[str, Any], names: Sequence[str]) -> str:
         "   certificate (.cert.pem) and its public key (.pub.pem, which you can re-derive with",
         "   `openssl x509 -in X.cert.pem -pubkey -noout`). Check the certificate is the",
         "   gateway's signing certificate (e.g. `openssl x509 -in X.cert.pem -noout -subject",
-        "   -fingerprint -sha256`), then:",
+        "   -fingerprint -sha256`) — after a rotation, an earlier one: recorded in",
+        "   entries.jsonl by a cert_recorded entry at or before the checkpoint's seq and issued",
+        "   by the gateway's CA (`openssl verify -CAfile ca.pem X.cert.pem`) — then:",
         "",
     ]
     for name in names:
