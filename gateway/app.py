@@ -388,11 +388,12 @@ class Gateway:
     async def refresh_crls(self, *, force_fetch: bool = False) -> list[crl.Fetched]:
         """One round of the CRL watch; returns the fetches it made.
 
-        For every partner with a ``crl`` file: fetch its CRL when due (worker 0 only under
-        ``serve --workers``: every ``[crl] fetch_interval_seconds``, every few minutes
-        once within the warning horizon or after a failure) and install a newer one;
-        otherwise install the CRL file when it holds a newer CRL (what worker 0 or an
-        operator wrote). Then warn, once per CRL, about those near or past nextUpdate.
+        For every partner with a ``crl`` file and a source (``crl_url`` or a distribution
+        point): fetch its CRL when due (worker 0 only under ``serve --workers``: every
+        ``[crl] fetch_interval_seconds``, every few minutes once within the warning horizon
+        or after a failure) and install a newer one; otherwise install the CRL file when it
+        holds a newer CRL (what worker 0 or an operator wrote). Then warn, once per CRL,
+        about those near or past nextUpdate.
         """
         s = self.settings
         now = asyncio.get_running_loop().time()
@@ -402,7 +403,8 @@ class Gateway:
             trust = self.runtime.trust.partners.get(pid)
             if trust is None or trust.crl_path is None:
                 continue
-            if self.worker in (None, 0) and (force_fetch or self._crls.due(pid, now)):
+            fetcher = self.worker in (None, 0) and bool(crl.sources(partner, trust))
+            if fetcher and (force_fetch or self._crls.due(pid, now)):
                 result = await crl.fetch(
                     partner, trust, timeout=s.crl.fetch_timeout_seconds, max_bytes=s.crl.max_bytes
                 )
@@ -598,11 +600,10 @@ class Gateway:
     ) -> None:
         """Record the signing certificate in the audit log, before it signs a checkpoint.
 
-        Only when the log does not hold it yet, and by one process (worker 0) under
-        ``serve --workers``: ``audit verify`` then trusts it after a rotation.
+        Only when the log does not hold it yet: ``audit verify`` then trusts it after a
+        rotation. Every worker of ``serve --workers`` checks, since any of them may sign the
+        next checkpoint; two starting at once may both record it, which does no harm.
         """
-        if self.worker not in (None, 0):
-            return
         sha = certs.cert_sha256(cert)
         if any(r.sha256 == sha for r in await audit.cert_records()):
             return

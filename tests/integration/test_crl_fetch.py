@@ -107,12 +107,13 @@ class Setup:
             return 0
 
 
-def configure_xa_crl(root: Path, url: str, extra: str = "") -> Path:
+def configure_xa_crl(root: Path, url: str | None, extra: str = "") -> Path:
     """Give XB's partner file for XA a CRL file (number 1) and its URL; the file's path."""
     crl_file = root / "XB" / "partners" / "certs" / "XA-crl.pem"
     certs.make_crl(root / "XA" / "ca", crl_file)
     partner = root / "XB" / "partners" / "XA.toml"
-    partner.write_text(partner.read_text() + f'crl = "certs/XA-crl.pem"\ncrl_url = "{url}"\n')
+    source = f'crl_url = "{url}"\n' if url else ""
+    partner.write_text(partner.read_text() + 'crl = "certs/XA-crl.pem"\n' + source)
     if extra:
         config = root / "XB" / "gateway.toml"
         config.write_text(config.read_text() + f"\n[crl]\n{extra}\n")
@@ -306,3 +307,19 @@ async def test_reload_refuses_a_stale_crl_and_keeps_the_one_in_force(setup: Setu
     assert (result.ok, result.code) == (False, "CONFIG_CRL_STALE")
     assert setup.xb.runtime.trust is trust_before and setup.in_force() == 1
     assert await setup.status_of_new_connection() == 204
+
+
+async def test_a_crl_without_a_source_is_not_fetched_and_no_failure_is_reported(
+    tmp_path: Path, pair: dict[str, Settings]
+) -> None:
+    """A partner CRL with no crl_url and no distribution point is kept as a file only: no fetch, no warning, no audit."""
+    configure_xa_crl(tmp_path, None, "check_seconds = 3600")
+    xb = Gateway(load_settings(pair["XB"].path))
+    await xb.start()
+    try:
+        with capture_logs() as logs:
+            assert await xb.refresh_crls(force_fetch=True) == []
+        assert not [e for e in logs if e["event"].startswith("crl_")]
+        assert await xb.runtime.audit.search(event="crl_fetch_failed") == []
+    finally:
+        await xb.stop()
