@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import sqlite3
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -15,17 +17,23 @@ from cryptography.hazmat.primitives import serialization
 from gateway import certs
 from gateway.audit import AuditEvent, AuditLog, VerifyReport, verify_bundle
 from gateway.audit_certs import CERT_RECORDED, record_event
+from gateway.audit_testing import (
+    PgUnavailable,
+    services_required,
+    start_scratch_pg,
+    stop_scratch_pg,
+)
 from gateway.signing import Signer
 
 
 class Gw:
     """A gateway's CA and signing certificates (tmp files), and a SQLite audit log."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, url: str | None = None) -> None:
         self.root = root
         self.ca_dir = root / "ca"
         certs.init_ca("XA Customs Gateway CA", self.ca_dir)
-        self.url = f"sqlite://{root / 'audit.db'}"
+        self.url = url or f"sqlite://{root / 'audit.db'}"
 
     @property
     def ca(self) -> x509.Certificate:
@@ -72,6 +80,19 @@ def gw(tmp_path: Path) -> Gw:
     return Gw(tmp_path)
 
 
+@pytest.fixture
+async def pg_gw(tmp_path: Path) -> AsyncIterator[Gw]:
+    """A Gw whose audit log is a scratch PostgreSQL database (skipped without a server)."""
+    try:
+        url = await asyncio.to_thread(start_scratch_pg)
+    except PgUnavailable as exc:
+        if services_required():
+            pytest.fail(str(exc))
+        pytest.skip(str(exc))
+    yield Gw(tmp_path, url)
+    await asyncio.to_thread(stop_scratch_pg, url)
+
+
 def untrusted(report: VerifyReport) -> list[str]:
     return [p.message for p in report.problems if p.kind == "checkpoint_untrusted"]
 
@@ -87,6 +108,17 @@ async def test_checkpoints_of_the_rotated_certificate_verify_with_the_new_one_co
     assert report.ok, report.lines()
     assert report.checkpoints == report.valid_checkpoints >= 4
     assert report.last_checkpoint_seq == report.last_seq
+
+
+@pytest.mark.postgres
+async def test_a_rotation_verifies_on_postgresql_too(pg_gw: Gw) -> None:
+    """The records are found and trusted the same way in a PostgreSQL log."""
+    old, new = pg_gw.signer("signing"), pg_gw.signer("signing-2")
+    await pg_gw.run(old, 7)
+    await pg_gw.run(new, 7)
+    report = await pg_gw.verify(trusted_certs=[new.cert], trusted_cas=[pg_gw.ca])
+    assert report.ok, report.lines()
+    assert report.valid_checkpoints == report.checkpoints >= 4
 
 
 async def test_without_the_gateway_ca_the_recorded_certificate_is_not_enough(gw: Gw) -> None:
