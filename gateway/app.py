@@ -360,7 +360,9 @@ class Gateway:
 
     async def _watch_trust(self) -> None:
         """The certificate expiry watch and the CRL watch, in one task (cancelled together)."""
-        await asyncio.gather(self._expiry_watch(), self._crl_watch())
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self._expiry_watch(), name="cert-expiry-watch")
+            group.create_task(self._crl_watch(), name="crl-watch")
 
     # ------------------------------------------------------------------ CRLs
 
@@ -382,7 +384,10 @@ class Gateway:
 
     async def _crl_watch(self) -> None:
         while True:
-            await self.refresh_crls()
+            try:
+                await self.refresh_crls()
+            except GatewayError as exc:  # e.g. the audit store: the next round tries again
+                log.error("crl_watch_failed", code=exc.code, reason=exc.reason)
             await asyncio.sleep(self.settings.crl.check_seconds)
 
     async def refresh_crls(self, *, force_fetch: bool = False) -> list[crl.Fetched]:
