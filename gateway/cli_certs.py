@@ -355,7 +355,7 @@ def rotate_cmd(
         seq = _audit_rotation(settings, who, rotation, old, new)
         click.echo(
             f"recorded: the new signing certificate in the audit log of {settings.gateway_id} "
-            f"({settings.audit_url}) up to entry {seq}, actor {who}",
+            f"(up to entry {seq}, actor {who})",
             err=True,
         )
         _warn_if_not_own_ca(settings, new)

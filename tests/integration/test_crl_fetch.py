@@ -25,6 +25,7 @@ from gateway.app import Gateway
 from gateway.config import Settings, load_settings
 
 NOW = dt.datetime.now(dt.UTC)
+TOKEN = "crl-test-operator-token-0123456789"
 
 
 @dataclass
@@ -130,10 +131,22 @@ async def eventually(predicate: Callable[[], bool], timeout: float = 30.0) -> bo
     return predicate()
 
 
+def with_admin_token(root: Path) -> None:
+    """Give XB's admin listener the bearer token ``TOKEN`` (for /readyz)."""
+    token = root / "XB" / "admin.token"
+    token.write_text(TOKEN)
+    token.chmod(0o600)
+    config = root / "XB" / "gateway.toml"
+    config.write_text(
+        config.read_text().replace("[admin]\n", '[admin]\ntoken_file = "admin.token"\n')
+    )
+
+
 async def start_xb(tmp_path: Path, pair: dict[str, Settings], extra: str = "") -> Setup:
-    """XB started, its CRL server serving the CRL XB already has, the watch's first round done."""
+    """XB started (admin token ``TOKEN``), its CRL server serving the CRL XB already has, the watch's first round done."""
     server = CrlServer()
     await server.start()
+    with_admin_token(tmp_path)
     crl_file = configure_xa_crl(tmp_path, server.url, extra)
     server.body = crl_file.read_bytes()
     xb = Gateway(load_settings(pair["XB"].path))
@@ -271,10 +284,14 @@ async def test_a_crl_near_next_update_is_warned_once_and_shown_in_readiness(setu
     assert setup.in_force() == 2
     warnings = [e for e in logs if e["event"] == "crl_expiring"]
     assert len(warnings) == 1 and warnings[0]["partner"] == "XA"
-    details = await setup.xb.readiness_details()
-    assert details["crls"]["XA"]["state"] == "expiring"
-    assert 20 < details["crls"]["XA"]["hours_left"] < 25
-    assert all((await setup.xb.readiness()).values())
+    url = f"http://127.0.0.1:{setup.xb.admin_port}/readyz"
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    async with aiohttp.ClientSession() as session, session.get(url, headers=headers) as resp:
+        status, body = resp.status, await resp.json()
+    assert (status, body["ready"]) == (200, True)
+    xa = body["details"]["crls"]["XA"]
+    assert (xa["state"], xa["crl_number"], xa["cut_off"]) == ("expiring", 2, False)
+    assert 20 < xa["hours_left"] < 25
 
 
 async def test_another_worker_picks_up_the_crl_file_without_fetching(
