@@ -310,3 +310,16 @@ def test_an_expired_signing_certificate_is_left_to_signature_verification(world:
     )
     trust = TrustStore({"XA": world.partner("XA", signing_certs=(old,))})
     assert trust.signing_certs("XA") == (certs.load_cert(old),)
+
+
+def test_a_revoked_certificate_is_named_by_its_serial_as_openssl_prints_it(world: World) -> None:
+    """The refusal of a revoked certificate names its serial in upper-case hex of even length."""
+    cert, partner = _revoked(world)
+    assert cert is not None
+    serial = certs.load_cert(cert).serial_number
+    trust = TrustStore({"XA": partner})
+    with pytest.raises(AuthError) as caught:
+        trust.authenticate(world.der(cert))
+    assert f"serial {certs.serial_hex(serial)} is revoked" in caught.value.reason
+    closing = trust.closing_reason(world.der(cert), "XA")
+    assert closing is not None and certs.serial_hex(serial) in closing.reason
