@@ -57,6 +57,8 @@ class AdminTarget(Protocol):
 
     async def readiness(self) -> dict[str, bool]: ...
 
+    async def readiness_details(self) -> dict[str, Any]: ...
+
     def admin_refused(self, reason: str, peer: str) -> None: ...
 
 
@@ -189,7 +191,11 @@ async def _healthz(request: web.Request) -> web.Response:
 async def _readyz(request: web.Request) -> web.Response:
     checks = await request.app[TARGET].readiness()
     ready = all(checks.values())
-    return web.json_response({"ready": ready, "checks": checks}, status=200 if ready else 503)
+    body: dict[str, Any] = {"ready": ready, "checks": checks}
+    details = {k: v for k, v in (await request.app[TARGET].readiness_details()).items() if v}
+    if details:  # e.g. partners' CRLs near their nextUpdate; absent when there is nothing to say
+        body["details"] = details
+    return web.json_response(body, status=200 if ready else 503)
 
 
 async def _reload(request: web.Request) -> web.Response:

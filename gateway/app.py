@@ -28,16 +28,18 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import structlog
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
+from cryptography import x509
 
-from gateway import admin, certs, tasks
+from gateway import admin, certs, crl, tasks
 from gateway.audit import AuditEvent, AuditLog
+from gateway.audit_certs import record_event
 from gateway.config import Settings
 from gateway.delivery import PartnerClient
 from gateway.errors import AuditError, AuthError, GatewayError, RelayError
@@ -189,6 +191,7 @@ class Gateway:
         self._retired_clients: set[PartnerClient] = set()
         self._watch: asyncio.Task[None] | None = None
         self._housekeeping: asyncio.Task[None] | None = None
+        self._crls = crl.WatchState()
 
     @property
     def gateway_id(self) -> str:
@@ -218,6 +221,7 @@ class Gateway:
             # next attempts are published at once, marked as possible duplicates
             log.warning("claims_taken_over", count=taken, instance=self.instance)
         audit = await AuditLog.open(s.audit_url, gateway_id=s.gateway_id, checkpoint_signer=signer)
+        await self._record_signing_cert(audit, signer.cert, "system")
         relay = Relay(
             s.broker.url,
             Names(s.broker.prefix),
@@ -248,7 +252,7 @@ class Gateway:
                 details={"partner_port": str(self.partner_port)},
             )
         )
-        self._watch = tasks.spawn(self._expiry_watch(), name="cert-expiry-watch")
+        self._watch = tasks.spawn(self._watch_trust(), name="cert-and-crl-watch")
         if self.worker in (None, 0):  # one process per state store is enough
             self._housekeeping = tasks.spawn(self._housekeep(), name="state-housekeeping")
         log.info(
@@ -374,6 +378,168 @@ class Gateway:
                     log.warning("cert_expiring", path=path, days_left=left)
             await asyncio.sleep(EXPIRY_CHECK_SECONDS)
 
+    async def _watch_trust(self) -> None:
+        """The certificate expiry watch and the CRL watch, in one task (cancelled together)."""
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self._expiry_watch(), name="cert-expiry-watch")
+            group.create_task(self._crl_watch(), name="crl-watch")
+
+    # ------------------------------------------------------------------ CRLs
+
+    def crl_statuses(self, now: datetime | None = None) -> list[crl.CrlStatus]:
+        """How fresh every partner's CRL in force is (partners without a CRL are left out)."""
+        horizon = timedelta(days=self.settings.crl.warning_days)
+        found = (
+            crl.status(t, horizon, now) for _, t in sorted(self.runtime.trust.partners.items())
+        )
+        return [st for st in found if st is not None]
+
+    async def readiness_details(self) -> dict[str, Any]:
+        """What ``/readyz`` shows beside the checks: each partner's CRL and its nextUpdate.
+
+        A CRL near or past its nextUpdate does not make the gateway unready: it concerns
+        one partner, and an unready instance is taken out of service for every partner.
+        """
+        return {"crls": {st.partner: st.as_json() for st in self.crl_statuses()}}
+
+    async def _crl_watch(self) -> None:
+        while True:
+            try:
+                await self.refresh_crls()
+            except GatewayError as exc:  # e.g. the audit store: the next round tries again
+                log.error("crl_watch_failed", code=exc.code, reason=exc.reason)
+            await asyncio.sleep(self.settings.crl.check_seconds)
+
+    async def refresh_crls(self, *, force_fetch: bool = False) -> list[crl.Fetched]:
+        """One round of the CRL watch; returns the fetches it made.
+
+        For every partner with a ``crl`` file and a source (``crl_url`` or a distribution
+        point): fetch its CRL when due (worker 0 only under ``serve --workers``: every
+        ``[crl] fetch_interval_seconds``, every few minutes once within the warning horizon
+        or after a failure) and install a newer one; otherwise install the CRL file when it
+        holds a newer CRL (what worker 0 or an operator wrote). Then warn, once per CRL,
+        about those near or past nextUpdate.
+        """
+        s = self.settings
+        now = asyncio.get_running_loop().time()
+        horizon = timedelta(days=s.crl.warning_days)
+        fetched: list[crl.Fetched] = []
+        for pid, partner in sorted(s.partners.items()):
+            trust = self.runtime.trust.partners.get(pid)
+            if trust is None or trust.crl_path is None:
+                continue
+            fetcher = self.worker in (None, 0) and bool(crl.sources(partner, trust))
+            if fetcher and (force_fetch or self._crls.due(pid, now)):
+                result = await crl.fetch(
+                    partner, trust, timeout=s.crl.fetch_timeout_seconds, max_bytes=s.crl.max_bytes
+                )
+                fetched.append(result)
+                await self._crl_fetched(result)
+                st = crl.status(self.runtime.trust.partners.get(pid, trust), horizon)
+                fresh = result.error is None and st is not None and st.state == crl.OK
+                self._crls.schedule(pid, now, s.crl.fetch_interval_seconds, soon=not fresh)
+                continue
+            newer = await asyncio.to_thread(crl.newer_file, trust)
+            if newer is not None:
+                await self._install_crl(pid, newer, source=str(trust.crl_path))
+        for st in self.crl_statuses():
+            if st.state != crl.OK and self._crls.first_warning(st):
+                level = log.warning if st.state == crl.EXPIRING or st.cut_off else log.info
+                level(
+                    "crl_expiring" if st.state == crl.EXPIRING else "crl_stale",
+                    partner=st.partner,
+                    next_update=st.as_json()["next_update"],
+                    hours_left=st.as_json()["hours_left"],
+                    cut_off=st.cut_off,
+                    file=str(st.path),
+                )
+        self._crls.rounds += 1
+        return fetched
+
+    @property
+    def crl_rounds(self) -> int:
+        """How many rounds the CRL watch (or ``refresh_crls``) has completed."""
+        return self._crls.rounds
+
+    async def _crl_fetched(self, result: crl.Fetched) -> None:
+        """Install, log and audit the outcome of one fetch (the old CRL stays on failure)."""
+        pid = result.partner
+        if result.error is not None:
+            err = result.error
+            log.warning(
+                "crl_fetch_failed", partner=pid, url=result.url, code=err.code, reason=err.reason
+            )
+            if self._crls.failing(pid, err.code):  # audited once per failure streak and code
+                await self.runtime.audit.append(
+                    AuditEvent(
+                        event="crl_fetch_failed",
+                        partner=pid,
+                        outcome="failed",
+                        code=err.code,
+                        reason=err.reason,
+                        actor="system",
+                        details={"url": result.url or "", "kept": "the CRL in force"},
+                    )
+                )
+            return
+        self._crls.recovered(pid)
+        if result.write_error is not None:
+            log.warning("crl_write_failed", partner=pid, reason=result.write_error)
+        if result.crl is None or not result.changed:
+            log.debug("crl_unchanged", partner=pid, url=result.url)
+            return
+        await self._install_crl(pid, result.crl, source=result.url or "")
+
+    async def _install_crl(
+        self, partner_id: str, new: x509.CertificateRevocationList, *, source: str
+    ) -> None:
+        """Put ``new`` in force for the partner; close connections whose certificate it revokes."""
+        async with self._reload_lock:
+            rt = self.runtime
+            current = rt.trust.partners.get(partner_id)
+            try:
+                if current is None or not crl.accept(new, current):
+                    return  # the partner was removed, or a reload brought this CRL meanwhile
+            except GatewayError:
+                return  # a reload brought a newer one meanwhile
+            trust = rt.trust.with_crl(partner_id, new)
+            closing, kept = closures(trust, self.connections)
+            trust.carry(kept)
+            old_client = rt.client
+            rt.trust = trust
+            rt.client = self._new_client(self.settings, trust)
+            self._retire(old_client, self.settings.delivery.timeout)
+            for c in closing:
+                c.transport.abort()
+                self.connections.get(c.partner, set()).discard(c.transport)
+            about = crl.describe(new)
+            log.info("crl_fetched", partner=partner_id, source=source, closed=len(closing), **about)
+            events = [
+                AuditEvent(
+                    event="connection_closed",
+                    direction="inbound",
+                    partner=c.partner,
+                    outcome="closed",
+                    code=c.error.code,
+                    reason=c.error.reason,
+                    actor="system",
+                    details={"peer": _address(c.transport.get_extra_info("peername"))},
+                )
+                for c in closing
+            ]
+            events.append(
+                AuditEvent(
+                    event="crl_fetched",
+                    partner=partner_id,
+                    outcome="ok",
+                    code="CRL_INSTALLED",
+                    reason=f"a newer CRL of {partner_id} is in force",
+                    actor="system",
+                    details={"source": source, **about},
+                )
+            )
+            await rt.audit.append_many(events)
+
     async def _housekeep(self) -> None:
         """Hourly: forget duplicate claims and outbox entries past the replay window.
 
@@ -454,8 +620,30 @@ class Gateway:
             ]
         return []
 
+    async def _record_signing_cert(
+        self, audit: AuditLog, cert: x509.Certificate, actor: str
+    ) -> None:
+        """Record the signing certificate in the audit log, before it signs a checkpoint.
+
+        Only when the log does not hold it yet: ``audit verify`` then trusts it after a
+        rotation. Every worker of ``serve --workers`` checks, since any of them may sign the
+        next checkpoint; two starting at once may both record it, which does no harm.
+        """
+        sha = certs.cert_sha256(cert)
+        if any(r.sha256 == sha for r in await audit.cert_records()):
+            return
+        seq = await audit.append(record_event(cert, actor=actor, source="gateway"))
+        log.info(
+            "signing_cert_recorded",
+            seq=seq,
+            cert_sha256=sha,
+            serial=certs.serial_hex(cert.serial_number),
+        )
+
     async def _install(self, m: Material, actor: str) -> ReloadResult:
         old = self.settings
+        if m.signer.cert != self.runtime.signer.cert:
+            await self._record_signing_cert(self.runtime.audit, m.signer.cert, actor)
         closing, kept = closures(m.trust, self.connections)
         m.trust.carry(kept)
         rt = self.runtime
@@ -468,6 +656,7 @@ class Gateway:
         rt.settings = m.settings
         rt.trust = m.trust
         rt.signer = m.signer
+        rt.audit.set_signer(m.signer)
         rt.client = self._new_client(m.settings, m.trust)
         self._retire(old_client, m.settings.delivery.timeout)
         for c in closing:

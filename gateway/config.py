@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import structlog
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from gateway.errors import ConfigError
 from gateway.policy import Agreement, load_agreements
@@ -97,6 +97,21 @@ class AuditSection(_Model):
     url: str = "audit.db"
 
 
+class CrlSection(_Model):
+    """How the gateway keeps partners' CRLs current (docs/trust.md)."""
+
+    #: warn (log, readiness detail, ``certs list``) this long before a CRL's nextUpdate
+    warning_days: float = Field(default=2.0, ge=0)
+    #: fetch each partner's CRL from its distribution point this often
+    fetch_interval_seconds: float = Field(default=3600.0, gt=0)
+    #: one fetch may take at most this long
+    fetch_timeout_seconds: float = Field(default=10.0, gt=0)
+    #: a larger answer is refused
+    max_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
+    #: how often the CRL watch looks at nextUpdate, the CRL files and due fetches
+    check_seconds: float = Field(default=300.0, gt=0)
+
+
 class BackOfficeSection(_Model):
     #: the adapter the back office wants inbound messages in
     inbound_format: str = "maa-xml"
@@ -124,6 +139,7 @@ class GatewayFile(_Model):
     audit: AuditSection = AuditSection()
     back_office: BackOfficeSection = BackOfficeSection()
     delivery: DeliverySection = DeliverySection()
+    crl: CrlSection = CrlSection()
     partners_dir: Path = Path("partners")
     agreements_dir: Path = Path("agreements")
 
@@ -140,6 +156,9 @@ class Partner(_Model):
     signing_certs: tuple[Path, ...] = ()
     crl: Path | None = None
     crl_stale: Literal["refuse", "warn"] = "refuse"
+    #: where the gateway fetches the CRL (http or https); default: the CRL distribution
+    #: point in the partner's signing or CA certificates
+    crl_url: str = ""
     #: envelopes per request on this link (1 = one by one, for partners without batching)
     batch_max: int = Field(default=1, ge=1, le=1000)
     #: how long the sender gathers a batch
@@ -160,6 +179,19 @@ class Partner(_Model):
     def _empty_is_none(cls, value: object) -> object:
         return None if value == "" else value
 
+    @field_validator("crl_url")
+    @classmethod
+    def _crl_url_is_http(cls, url: str) -> str:
+        if url and not url.lower().startswith(("http://", "https://")):
+            raise ValueError(f"{url!r} is not an http:// or https:// URL")
+        return url
+
+    @model_validator(mode="after")
+    def _crl_url_needs_a_file(self) -> Partner:
+        if self.crl_url and self.crl is None:
+            raise ValueError("crl_url needs crl: the file the gateway keeps the fetched CRL in")
+        return self
+
 
 class Settings(_Model):
     """Everything the gateway reads from configuration, validated and resolved."""
@@ -178,6 +210,7 @@ class Settings(_Model):
     audit_url: str
     back_office: BackOfficeSection
     delivery: DeliverySection
+    crl: CrlSection = CrlSection()
     partners: Mapping[str, Partner]
     agreements: Mapping[str, Agreement]
 
@@ -234,6 +267,7 @@ def load_settings(
         audit_url=_audit_url(main.audit.url, state_dir),
         back_office=main.back_office,
         delivery=main.delivery,
+        crl=main.crl,
         partners=partners,
         agreements=agreements,
     )

@@ -15,6 +15,7 @@ as keyword arguments::
     │   └── EncodeError
     ├── RelayError           RELAY_*      broker unavailable, publish not confirmed
     ├── DeliveryError        DELIVERY_*   partner unreachable or answered badly
+    ├── CrlError             CRL_*        a partner's CRL could not be fetched or is unusable
     └── AuditError           AUDIT_*      the exchange log cannot be written or read
 
 A bug stays a built-in error; only conditions the gateway anticipates become
@@ -114,6 +115,12 @@ class DeliveryError(GatewayError):
         self.retryable = retryable
         #: how long the partner asked us to wait (its Retry-After), if it said
         self.retry_after = retry_after
+
+
+class CrlError(GatewayError):
+    """A partner's CRL could not be fetched, or the fetched one is unusable (the old stays)."""
+
+    default_code = "CRL_FETCH_FAILED"
 
 
 class AuditError(GatewayError):
