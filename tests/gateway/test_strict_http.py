@@ -1,7 +1,7 @@
 """Unit tests of gateway/strict_http.py: which request forms the partner API takes.
 
 The refusals through the running gateway (signed receipts, audit, the banner) are in
-``tests/integration/test_strict_http.py``.
+``tests/integration/test_partner_http.py``.
 """
 
 from __future__ import annotations
