@@ -216,7 +216,14 @@ class Guard:
         self._closed(admitted, code, reason)
 
     def request_refused(self, admitted: Admitted, code: str, reason: str) -> None:
-        """Audit a request refused before the application saw it (not valid HTTP)."""
+        """Log and audit a request refused before the application saw it (not valid HTTP)."""
+        log.warning(
+            "request_malformed",
+            code=code,
+            reason=reason,
+            partner=admitted.partner,
+            peer=admitted.peer,
+        )
         self._audit(
             AuditEvent(
                 event="rejected",

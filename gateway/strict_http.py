@@ -77,7 +77,7 @@ async def hide_server(request: web.Request, response: web.StreamResponse) -> Non
     response.headers[hdrs.SERVER] = SERVER_NAME
 
 
-#: called with (code, reason) when the parser refused a request
+#: called with (code, reason) when the parser refused a request (it logs and audits)
 Refused = Callable[[str, str], None]
 
 
@@ -110,9 +110,10 @@ class QuietRequestHandler(RequestHandler):
         else:
             code = "HTTP_MALFORMED"
             reason = f"the request is not valid HTTP/1.1 ({exc.__class__.__name__})"
-        log.warning("request_malformed", code=code, reason=reason, status=status)
         if self._on_refused is not None:
             self._on_refused(code, reason)
+        else:
+            log.warning("request_malformed", code=code, reason=reason, status=status)
         response = web.Response(
             status=status, text=f"{code}: {reason}\n", headers={hdrs.SERVER: SERVER_NAME}
         )

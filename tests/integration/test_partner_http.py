@@ -19,6 +19,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from structlog.testing import capture_logs
 from test_inbound_security import (
     XB,
     Answer,
@@ -127,9 +128,13 @@ async def test_a_request_outside_the_documented_http_is_refused_with_a_signed_re
 async def test_a_transfer_coding_the_parser_cannot_frame_gets_the_same_code_and_is_audited(
     xb: XB,
 ) -> None:
-    """``Transfer-Encoding: gzip`` alone: 501 HTTP_TRANSFER_ENCODING (unsigned: no request was read), audited."""
+    """``Transfer-Encoding: gzip`` alone: 501 HTTP_TRANSFER_ENCODING (unsigned: no request was read), logged, audited."""
     request = HEAD + b"Content-Type: application/xml\r\nTransfer-Encoding: gzip\r\n\r\nabc"
-    status, headers, body = await exchange(xb, request)
+    with capture_logs() as logs:
+        status, headers, body = await exchange(xb, request)
+    assert [(e["code"], e["partner"]) for e in logs if e["event"] == "request_malformed"] == [
+        ("HTTP_TRANSFER_ENCODING", "XA")
+    ]
     assert status == 501
     assert body.startswith(b"HTTP_TRANSFER_ENCODING:")
     assert b"abc" not in body  # the parser's message quoted the request's bytes

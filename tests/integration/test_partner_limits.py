@@ -9,12 +9,14 @@ connections or requests). XA's legitimate requests must be served all the while.
 from __future__ import annotations
 
 import asyncio
+import re
 import ssl
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 from typing import Any
 
+from structlog.testing import capture_logs
 from test_inbound_security import (
     XB,
     audit_entries,
@@ -122,69 +124,77 @@ async def test_slowloris_and_a_stalled_body_are_cut_off_while_a_real_request_is_
     pair: dict[str, Settings], tmp_path: Path
 ) -> None:
     """50 heads at a byte a second hit the header deadline, a stalled body the body timeout, a good request passes."""
-    header_timeout, body_timeout = 3.0, 3.0
+    header_timeout, body_timeout = 5.0, 3.0
     async with xb_with(
         pair, tmp_path, header_timeout=header_timeout, body_timeout=body_timeout
     ) as xb:
-        loop = asyncio.get_running_loop()
-        conns = await asyncio.gather(*(connect(xb) for _ in range(50)))
-        await until(lambda: len(xb.gateway.connections.get("XA", ())) == 50)
-        head = (
-            b"POST /v1/messages HTTP/1.1\r\nHost: gw.xb.test\r\n"
-            b"Content-Type: application/xml\r\nX-Padding: " + b"a" * 200 + b"\r\n\r\n"
-        )
+        with capture_logs() as logs:
+            loop = asyncio.get_running_loop()
+            conns = await asyncio.gather(*(connect(xb) for _ in range(50)))
+            await until(lambda: len(xb.gateway.connections.get("XA", ())) == 50)
+            head = (
+                b"POST /v1/messages HTTP/1.1\r\nHost: gw.xb.test\r\n"
+                b"Content-Type: application/xml\r\nX-Padding: " + b"a" * 200 + b"\r\n\r\n"
+            )
 
-        async def trickle(writer: asyncio.StreamWriter) -> None:
-            for byte in head:
-                writer.write(bytes([byte]))
-                await writer.drain()
-                await asyncio.sleep(1.0)
+            async def trickle(writer: asyncio.StreamWriter) -> None:
+                for byte in head:
+                    writer.write(bytes([byte]))
+                    await writer.drain()
+                    await asyncio.sleep(1.0)
 
-        async def slowloris(conn: Conn) -> tuple[float, bytes]:
-            reader, writer = conn
-            started = loop.time()
-            sender = asyncio.create_task(trickle(writer))
-            try:
-                answer = await closed_by_server(reader, header_timeout + SLACK)
-                return loop.time() - started, answer
-            finally:
-                sender.cancel()
-                await asyncio.gather(sender, return_exceptions=True)
-                await close(conn)
+            async def slowloris(conn: Conn) -> tuple[float, bytes]:
+                reader, writer = conn
+                started = loop.time()
+                sender = asyncio.create_task(trickle(writer))
+                try:
+                    answer = await closed_by_server(reader, header_timeout + SLACK)
+                    return loop.time() - started, answer
+                finally:
+                    sender.cancel()
+                    await asyncio.gather(sender, return_exceptions=True)
+                    await close(conn)
 
-        attackers = [asyncio.create_task(slowloris(c)) for c in conns]
-        stalled_reader, stalled_writer = stalled = await connect(xb)
-        stalled_writer.write(
-            b"POST /v1/messages HTTP/1.1\r\nHost: gw.xb.test\r\nContent-Type: application/xml\r\n"
-            b"Content-Length: 1000\r\n\r\n<Envelope>"
-        )
-        await stalled_writer.drain()
-        stalled_at = loop.time()
+            attackers = [asyncio.create_task(slowloris(c)) for c in conns]
+            stalled_reader, stalled_writer = stalled = await connect(xb)
+            stalled_writer.write(
+                b"POST /v1/messages HTTP/1.1\r\nHost: gw.xb.test\r\nContent-Type: application/xml\r\n"
+                b"Content-Length: 1000\r\n\r\n<Envelope>"
+            )
+            await stalled_writer.drain()
+            stalled_at = loop.time()
 
-        # XA's own gateway, meanwhile: served
-        assert await good_post(xb) == "accepted"
-        assert not any(t.done() for t in attackers)
+            # XA's own gateway, while all of them hold their connections: served
+            await until(lambda: len(xb.gateway.connections["XA"]) == 51)
+            assert await good_post(xb) == "accepted"
 
-        stalled_answer = await closed_by_server(stalled_reader, body_timeout + SLACK)
-        stalled_for = loop.time() - stalled_at
-        await close(stalled)
-        results = await asyncio.gather(*attackers)
+            stalled_answer = await closed_by_server(stalled_reader, body_timeout + SLACK)
+            stalled_for = loop.time() - stalled_at
+            await close(stalled)
+            results = await asyncio.gather(*attackers)
 
-        # no answer to either: the connections were aborted at their deadline, not before
-        assert stalled_answer == b""
-        assert body_timeout * 0.9 <= stalled_for < body_timeout + SLACK
-        assert [answer for _, answer in results] == [b""] * 50
-        assert all(header_timeout * 0.9 <= took < header_timeout + SLACK for took, _ in results)
-        guard = xb.gateway.guard
-        assert guard.closures["HTTP_HEADER_TIMEOUT"] == 50
-        assert guard.closures["HTTP_BODY_TIMEOUT"] == 1
-        await until(lambda: not xb.gateway.connections.get("XA"))
-        closed = await audited(xb, "connection_closed", 51)
-        assert sorted((e.partner, e.code, e.outcome) for e in closed) == sorted(
-            [("XA", "HTTP_HEADER_TIMEOUT", "closed")] * 50 + [("XA", "HTTP_BODY_TIMEOUT", "closed")]
-        )
-        # and XB still serves XA
-        assert await good_post(xb) == "accepted"
+            # no answer to either: the connections were aborted at their deadline, not before
+            assert stalled_answer == b""
+            assert body_timeout * 0.9 <= stalled_for < body_timeout + SLACK
+            assert [answer for _, answer in results] == [b""] * 50
+            assert all(header_timeout * 0.9 <= took < header_timeout + SLACK for took, _ in results)
+            guard = xb.gateway.guard
+            assert guard.closures["HTTP_HEADER_TIMEOUT"] == 50
+            assert guard.closures["HTTP_BODY_TIMEOUT"] == 1
+            await until(lambda: not xb.gateway.connections.get("XA"))
+            closed = await audited(xb, "connection_closed", 51)
+            expected = [("XA", "HTTP_BODY_TIMEOUT")] + [("XA", "HTTP_HEADER_TIMEOUT")] * 50
+            assert sorted((e.partner, e.code, e.outcome) for e in closed) == [
+                (*pc, "closed") for pc in expected
+            ]
+            warned = [
+                (e["partner"], e["code"])
+                for e in logs
+                if e["event"] == "connection_closed" and e["log_level"] == "warning"
+            ]
+            assert sorted(warned) == expected
+            # and XB still serves XA
+            assert await good_post(xb) == "accepted"
 
 
 async def test_an_idle_connection_is_closed_quietly_after_the_idle_timeout(
@@ -278,3 +288,27 @@ async def test_requests_beyond_a_partners_in_flight_cap_get_503_with_retry_after
         await close(slow)
         await until(lambda: xb.gateway.guard.in_flight["XA"] == 0)
         assert await good_post(xb) == "accepted"
+
+
+async def test_a_served_request_keeps_its_connection_for_the_next(
+    pair: dict[str, Settings], tmp_path: Path
+) -> None:
+    """After an accepted envelope the connection stays open (keep-alive) and serves the next request."""
+    async with xb_with(pair, tmp_path) as xb:
+        conn = reader, writer = await connect(xb)
+        signed = xb.signer.sign(make_envelope())
+        writer.write(
+            b"POST /v1/messages HTTP/1.1\r\nHost: gw.xb.test\r\nContent-Type: application/xml\r\n"
+            + f"Content-Length: {len(signed)}\r\n\r\n".encode()
+            + signed
+        )
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 20)
+        assert head.startswith(b"HTTP/1.1 200")
+        assert b"connection: close" not in head.lower()
+        length = int(re.search(rb"(?i)content-length: (\d+)", head).group(1))  # type: ignore[union-attr]
+        [entry] = read_receipt(await reader.readexactly(length), xb.receipt_cert).entries
+        assert entry.status == "accepted"
+        assert (await ping(conn)).startswith(b"HTTP/1.1 204")
+        assert xb.gateway.guard.closures == {}
+        await close(conn)
