@@ -64,6 +64,8 @@ EMPTY_DIGEST = "sha256:" + hashlib.sha256(b"").hexdigest()
 RETRY_AFTER_SECONDS = 5.0
 #: bytes read from the body at a time
 READ_CHUNK = 64 * 1024
+#: seconds between two audit entries of one partner's refusal allowance being used up
+AUDIT_OVER_ALLOWANCE_EVERY = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,8 +85,8 @@ class InboundPipeline:
 
     def __init__(self, runtime: Runtime) -> None:
         self.rt = runtime
-        #: partners whose refusal allowance is used up (audited once until it refills)
-        self._over_allowance: set[str] = set()
+        #: partner -> when its refusal allowance was last found used up (and audited)
+        self._over_allowance: dict[str, float] = {}
 
     async def receive(self, partner: str, body: bytes) -> Outcome:
         """Process one envelope if the partner's refusal allowance has room, else a 429."""
@@ -94,19 +96,21 @@ class InboundPipeline:
     def over_allowance(self, partner: str) -> Outcome | None:
         """A 429 while ``partner`` has used up its allowance of refused messages, else None.
 
-        Checked before an envelope costs any work; the first 429 of a spell is audited
-        (``POLICY_RATE_REFUSALS``), the rest only counted in the log.
+        Checked before an envelope costs any work. A 429 is logged (warning) and audited
+        (``POLICY_RATE_REFUSALS``) at most once a minute per partner, the others only
+        logged at debug: a partner spraying junk cannot flood the audit log either.
         """
         rt = self.rt
-        wait = rt.limiter.refusal_wait(
-            rt.settings.agreements, partner, rt.gateway_id, time.monotonic()
-        )
+        now = time.monotonic()
+        wait = rt.limiter.refusal_wait(rt.settings.agreements, partner, rt.gateway_id, now)
         if wait <= 0:
-            self._over_allowance.discard(partner)
             return None
         events: tuple[AuditEvent, ...] = ()
-        if partner not in self._over_allowance:
-            self._over_allowance.add(partner)
+        last = self._over_allowance.get(partner)
+        if last is not None and now - last < AUDIT_OVER_ALLOWANCE_EVERY:
+            log.debug("refused_over_allowance", partner=partner, retry_after=wait)
+        else:
+            self._over_allowance[partner] = now
             reason = (
                 f"{partner} made this gateway refuse as many messages as its agreements let it "
                 "send; its requests are answered 429 until the allowance refills"
