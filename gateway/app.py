@@ -1,7 +1,8 @@
 """Build and run one gateway: partner listener, admin listener, relay, consumers.
 
 The partner listener accepts plain TCP and runs the TLS handshake itself
-(``loop.start_tls``) through a connection gate, so that:
+(``tls_transport.start_tls``: asyncio's, with a smaller receive buffer) through a
+connection gate, so that:
 
 - a handshake the TLS library refuses (no certificate, unknown issuer, an old
   protocol, a timeout) is counted and logged with the peer's address — asyncio
@@ -10,7 +11,10 @@ The partner listener accepts plain TCP and runs the TLS handshake itself
 - once the handshake completes, the gate identifies the partner from the
   verified client certificate and aborts the connection — before any HTTP
   byte is read or written — when it does not belong to a partner (wrong CA,
-  pins, revoked, expired). Such refusals are logged and audited with the peer.
+  pins, revoked, expired). Such refusals are logged and audited with the peer;
+- an admitted connection is bounded by the guard (``gateway.guard``): the partner's
+  connection and request caps, and a deadline for every state of the connection
+  (waiting, receiving a head, receiving a body), fed by the bytes the gate passes on.
 
 Reload (SIGHUP, or ``POST /v1/reload`` on the admin listener) re-reads the
 configuration and trust material, swaps it in, and closes only the connections
@@ -37,19 +41,22 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 from cryptography import x509
 
-from gateway import admin, certs, crl, tasks
+from gateway import admin, certs, crl, tasks, tls_transport
 from gateway.audit import AuditEvent, AuditLog
 from gateway.audit_certs import record_event
 from gateway.config import Settings
 from gateway.delivery import PartnerClient
 from gateway.errors import AuditError, AuthError, GatewayError, RelayError
+from gateway.guard import GUARD, LINGER_SECONDS, ConnectionClock, Guard, track_requests
 from gateway.inbound import PIPELINE, RUNTIME, InboundPipeline, handle_messages
+from gateway.memory import MemoryTrimmer
 from gateway.outbound import OutboundPipeline
 from gateway.relay import Names, Relay
 from gateway.reload import Material, ReloadResult, closures, load_material, own_certificates
 from gateway.runtime import DUPLICATE_RETENTION_SECONDS, FUTURE_SKEW_SECONDS, Runtime
 from gateway.signing import Signer
 from gateway.store import Store
+from gateway.strict_http import handler_factory, hide_server
 from gateway.tls import TrustStore, peer_der
 
 log = structlog.get_logger(__name__)
@@ -74,27 +81,29 @@ class _ConnectionGate(asyncio.Protocol):
         self._peer = "-"
         self._early: list[bytes] = []
         self._lost = False
+        self._clock: ConnectionClock | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # the plain TCP transport: stop it reading until the TLS layer takes over
         assert isinstance(transport, asyncio.Transport)
         transport.pause_reading()
         self._peer = _address(transport.get_extra_info("peername"))
+        if self._gateway.guard.full(len(self._gateway._handshaking), self._peer):
+            # dropped before the handshake: its buffers are never allocated
+            transport.abort()
+            return
         self._gateway._handshaking.add(transport)
         tasks.spawn(self._handshake(transport), name="tls-handshake")
 
     async def _handshake(self, raw: asyncio.Transport) -> None:
         gw = self._gateway
         try:
-            tls = await asyncio.get_running_loop().start_tls(
-                raw,
-                self,
-                gw.server_context,
-                server_side=True,
-                ssl_handshake_timeout=HANDSHAKE_TIMEOUT_SECONDS,
+            tls = await tls_transport.start_tls(
+                raw, self, gw.server_context, handshake_timeout=HANDSHAKE_TIMEOUT_SECONDS
             )
         except (TimeoutError, OSError) as exc:  # ssl.SSLError is an OSError
             gw.handshake_failed(exc, self._peer)
+            gw.trimmer.closed()
             return
         finally:
             gw._handshaking.discard(raw)
@@ -114,13 +123,21 @@ class _ConnectionGate(asyncio.Protocol):
         except ValueError as exc:  # a certificate cryptography cannot read
             self._refuse(transport, AuthError(str(exc), code="AUTH_BAD_CERTIFICATE"))
             return
+        admitted = gw.guard.admit(partner, self._peer, transport)
+        if admitted is None:  # the partner's connection cap (logged and audited)
+            self._early.clear()
+            transport.abort()
+            return
         self._transport = transport
+        self._clock = admitted.clock
         gw.connections.setdefault(partner, set()).add(transport)
-        self._inner = gw.http_handler()
+        self._inner = gw.http_handler(
+            on_refused=lambda code, reason: gw.guard.request_refused(admitted, code, reason)
+        )
         self._inner.connection_made(transport)
         early, self._early = self._early, []
         for chunk in early:
-            self._inner.data_received(chunk)
+            self.data_received(chunk)
 
     def _refuse(self, transport: asyncio.Transport, exc: AuthError) -> None:
         self._early.clear()
@@ -129,6 +146,8 @@ class _ConnectionGate(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self._inner is not None:
+            assert self._clock is not None
+            self._clock.data()
             self._inner.data_received(data)
         elif not self._lost:
             # application data can arrive with the client's Finished, before _admit runs
@@ -145,6 +164,8 @@ class _ConnectionGate(asyncio.Protocol):
         if self._transport is not None:
             for conns in self._gateway.connections.values():
                 conns.discard(self._transport)
+            self._gateway.guard.release(self._transport)
+            self._gateway.trimmer.closed()
         if self._inner is not None:
             self._inner.connection_lost(exc)
 
@@ -175,6 +196,10 @@ class Gateway:
         self.handshake_failures: Counter[str] = Counter()
         #: connections refused by the gate after the handshake, by code (``AUTH_PIN_MISMATCH`` …)
         self.auth_refusals: Counter[str] = Counter()
+        #: deadlines and caps of partner connections (its counters: refusals, closures …)
+        self.guard = Guard(settings.partner_api, self._audit_soon)
+        #: returns the memory of closed connections to the system
+        self.trimmer = MemoryTrimmer()
         self.partner_port: int | None = None
         self.admin_port: int | None = None
         self.admin_tls = settings.admin.tls if admin_tls is None else admin_tls
@@ -274,22 +299,33 @@ class Gateway:
             connections_per_partner=s.delivery.concurrency,
         )
 
-    def http_handler(self) -> RequestHandler:
+    def http_handler(self, **kwargs: Any) -> RequestHandler:
         """A fresh aiohttp protocol for an authenticated partner connection."""
-        handler: RequestHandler = self._http_factory()
+        handler: RequestHandler = self._http_factory(
+            keepalive_timeout=self.guard.backstop_keepalive(), **kwargs
+        )
         return handler
 
     async def _serve_partners(self) -> None:
         s = self.settings
-        app = web.Application(client_max_size=s.partner_api.max_body_bytes + 1)
+        app = web.Application(
+            client_max_size=s.partner_api.max_body_bytes + 1, middlewares=[track_requests]
+        )
         app[RUNTIME] = self.runtime
         app[PIPELINE] = InboundPipeline(self.runtime)
+        app[GUARD] = self.guard
+        app.on_response_prepare.append(hide_server)
         app.router.add_post("/v1/messages", handle_messages)
         app.router.add_get("/v1/ping", _ping)
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         self._runners.append(runner)
-        self._http_factory = runner.server
+        # bodies are never inflated (strict_http); an unread body is dropped for
+        # LINGER_SECONDS, not aiohttp's ten
+        assert runner.server is not None  # set up above
+        self._http_factory = handler_factory(
+            runner.server, access_log=None, lingering_time=LINGER_SECONDS, auto_decompress=False
+        )
         loop = asyncio.get_running_loop()
         server = await loop.create_server(
             lambda: _ConnectionGate(self),
@@ -305,7 +341,9 @@ class Gateway:
 
     async def _serve_admin(self) -> None:
         s = self.settings
-        runner = web.AppRunner(admin.build_app(self), access_log=None, handle_signals=False)
+        app = admin.build_app(self)
+        app.on_response_prepare.append(hide_server)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         self._runners.append(runner)
         ctx = admin.server_context(s) if self.admin_tls else None
@@ -320,11 +358,17 @@ class Gateway:
                 "admin_unauthenticated",
                 hint="no admin.token_file and no TLS: only /healthz is usable",
             )
-        site = web.TCPSite(runner, s.admin.host, s.admin.port, reuse_address=True, ssl_context=ctx)
-        await site.start()
-        server = site._server
-        if isinstance(server, asyncio.base_events.Server) and server.sockets:
-            self.admin_port = server.sockets[0].getsockname()[1]
+        # not a TCPSite: its handlers would name aiohttp's version on a malformed request
+        assert runner.server is not None  # set up above
+        server = await asyncio.get_running_loop().create_server(
+            handler_factory(runner.server, access_log=None),
+            s.admin.host,
+            s.admin.port,
+            ssl=ctx,
+            reuse_address=True,
+        )
+        self._servers.append(server)
+        self.admin_port = server.sockets[0].getsockname()[1]
 
     # ------------------------------------------------------------------ admin target
 
@@ -651,6 +695,7 @@ class Gateway:
         # the swap: nothing awaits in between, so a request sees all old or all new
         self.settings = m.settings
         self.server_context = m.server_context
+        self.guard.limits = m.settings.partner_api
         self.admin_auth = m.admin_auth
         self._own_certs = m.own_certs
         rt.settings = m.settings
@@ -775,6 +820,7 @@ class Gateway:
         for task in (self._watch, self._housekeeping):
             if task is not None:
                 task.cancel()
+        self.trimmer.stop()
         await rt.relay.stop_consuming()
         for server in self._servers:
             server.close()

@@ -61,6 +61,20 @@ class ListenSection(_Model):
     port: int = Field(default=8443, ge=0, le=65535)
     max_body_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
     max_depth: int = Field(default=64, gt=0)
+    # bounds on authenticated connections (docs/partner-api.md, "Connections"); the
+    # caps hold per process (each `serve --workers` process has its own)
+    #: seconds from a request's first byte to the end of its head (nginx: client_header_timeout)
+    header_timeout: float = Field(default=10.0, gt=0, le=3600)
+    #: seconds for a whole request body, from the end of its head
+    body_timeout: float = Field(default=60.0, gt=0, le=3600)
+    #: seconds a connection may wait for its next request (longer than the partners'
+    #: client keep-alive, 60 s in gateway/delivery.py, so that the client closes first)
+    idle_timeout: float = Field(default=75.0, gt=0, le=3600)
+    #: open partner connections, TLS handshakes included (bounds the memory they hold)
+    max_connections: int = Field(default=1024, gt=0)
+    max_connections_per_partner: int = Field(default=64, gt=0)
+    #: requests of one partner being handled at once; more get 503 with Retry-After
+    max_requests_per_partner: int = Field(default=32, gt=0)
 
 
 class AdminSection(_Model):

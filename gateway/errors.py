@@ -8,6 +8,7 @@ as keyword arguments::
     ├── ConfigError          CONFIG_*     bad or missing configuration (CLI exit 2)
     ├── AuthError            AUTH_*       TLS identity, pins, revocation, sender mismatch
     ├── EnvelopeError        XML_UNSAFE, SCHEMA_INVALID, SIZE_LIMIT, ENVELOPE_*
+    ├── ProtocolError        HTTP_*, CONN_*  a request or connection outside the partner API's HTTP
     ├── SignatureError       SIG_*        missing, invalid, algorithm, profile, wrapping …
     ├── PolicyViolation      POLICY_*     the agreement does not allow this message
     ├── AdapterError         TRANSLATE_*  decode / encode / schema of a payload format
@@ -59,6 +60,12 @@ class EnvelopeError(GatewayError):
     """An envelope or receipt that is unsafe, too large or not schema-valid."""
 
     default_code = "SCHEMA_INVALID"
+
+
+class ProtocolError(GatewayError):
+    """HTTP the partner API does not take: framing, codings, media type, timeouts, caps."""
+
+    default_code = "HTTP_MALFORMED"
 
 
 class SignatureError(GatewayError):
@@ -136,6 +143,12 @@ HTTP_STATUS: dict[str, int] = {
     "XML_UNSAFE": 400,
     "SCHEMA_INVALID": 400,
     "ENVELOPE_": 400,
+    "HTTP_": 400,
+    "HTTP_HEADER_TIMEOUT": 408,
+    "HTTP_BODY_TIMEOUT": 408,
+    "HTTP_CONTENT_": 415,
+    "HTTP_TRANSFER_ENCODING": 501,
+    "HTTP_REQUESTS_LIMIT": 503,
     "SIG_": 400,
     "POLICY_RATE": 429,
     "POLICY_": 403,
