@@ -239,13 +239,10 @@ class Bench:
         agreements.mkdir(parents=True)
         # the bench sends thousands a minute: the agreement's rate limit and attempts are raised
         (agreements / AGREEMENT.name).write_text(
-            AGREEMENT.read_text()
-            .replace("rate_per_minute = 600", "rate_per_minute = 6000000")
-            .replace("max_attempts = 8", "max_attempts = 1000")
+            AGREEMENT.read_text().replace("rate_per_minute = 600", "rate_per_minute = 6000000")
         )
         delivery = (
-            "backoff_initial = 1.0\nbackoff_max = 2.0\nmax_attempts = 1000\n"
-            f"concurrency = {self.args.concurrency}"
+            f"backoff_initial = 1.0\nbackoff_max = 2.0\nconcurrency = {self.args.concurrency}"
         )
         prefix = f"{self.prefix}v{self.variant}."
         prov = provision(

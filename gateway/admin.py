@@ -64,6 +64,8 @@ class AdminTarget(Protocol):
 
     async def readiness(self) -> dict[str, bool]: ...
 
+    async def readiness_details(self) -> dict[str, Any]: ...
+
     def admin_refused(self, reason: str, peer: str) -> None: ...
 
 
@@ -251,6 +253,9 @@ async def _readyz(request: web.Request) -> web.Response:
     body: dict[str, Any] = {"ready": ready}
     if request.get(ACTOR) is not None:  # the checks are for operators only
         body["checks"] = checks
+        details = {k: v for k, v in (await request.app[TARGET].readiness_details()).items() if v}
+        if details:  # e.g. partners' CRLs near their nextUpdate; absent when nothing to say
+            body["details"] = details
     return web.json_response(body, status=200 if ready else 503)
 
 

@@ -1,7 +1,8 @@
 """Build and run one gateway: partner listener, admin listener, relay, consumers.
 
 The partner listener accepts plain TCP and runs the TLS handshake itself
-(``loop.start_tls``) through a connection gate, so that:
+(``tls_transport.start_tls``: asyncio's, with a smaller receive buffer) through a
+connection gate, so that:
 
 - a handshake the TLS library refuses (no certificate, unknown issuer, an old
   protocol, a timeout) is counted and logged with the peer's address — asyncio
@@ -10,7 +11,10 @@ The partner listener accepts plain TCP and runs the TLS handshake itself
 - once the handshake completes, the gate identifies the partner from the
   verified client certificate and aborts the connection — before any HTTP
   byte is read or written — when it does not belong to a partner (wrong CA,
-  pins, revoked, expired). Such refusals are logged and audited with the peer.
+  pins, revoked, expired). Such refusals are logged and audited with the peer;
+- an admitted connection is bounded by the guard (``gateway.guard``): the partner's
+  connection and request caps, and a deadline for every state of the connection
+  (waiting, receiving a head, receiving a body), fed by the bytes the gate passes on.
 
 Reload (SIGHUP, or ``POST /v1/reload`` on the admin listener) re-reads the
 configuration and trust material, swaps it in, and closes only the connections
@@ -26,28 +30,34 @@ import signal
 import socket
 import ssl
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import structlog
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
+from cryptography import x509
 
-from gateway import admin, certs, tasks
+from gateway import admin, certs, crl, tasks, tls_transport
 from gateway.audit import AuditEvent, AuditLog
+from gateway.audit_certs import record_event
 from gateway.config import Settings
 from gateway.delivery import PartnerClient
-from gateway.errors import AuthError, ConfigError, GatewayError, RelayError
+from gateway.errors import AuditError, AuthError, ConfigError, GatewayError, RelayError
+from gateway.guard import GUARD, LINGER_SECONDS, ConnectionClock, Guard, track_requests
 from gateway.inbound import PIPELINE, RUNTIME, InboundPipeline, handle_messages
+from gateway.memory import MemoryTrimmer
 from gateway.outbound import OutboundPipeline
 from gateway.relay import Names, Relay
 from gateway.reload import Material, ReloadResult, closures, load_material, own_certificates
 from gateway.runtime import DUPLICATE_RETENTION_SECONDS, FUTURE_SKEW_SECONDS, Runtime
 from gateway.signing import Signer
 from gateway.store import Store
+from gateway.strict_http import handler_factory, hide_server
 from gateway.tls import TrustStore, peer_der
 
 log = structlog.get_logger(__name__)
@@ -72,27 +82,29 @@ class _ConnectionGate(asyncio.Protocol):
         self._peer = "-"
         self._early: list[bytes] = []
         self._lost = False
+        self._clock: ConnectionClock | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # the plain TCP transport: stop it reading until the TLS layer takes over
         assert isinstance(transport, asyncio.Transport)
         transport.pause_reading()
         self._peer = _address(transport.get_extra_info("peername"))
+        if self._gateway.guard.full(len(self._gateway._handshaking), self._peer):
+            # dropped before the handshake: its buffers are never allocated
+            transport.abort()
+            return
         self._gateway._handshaking.add(transport)
         tasks.spawn(self._handshake(transport), name="tls-handshake")
 
     async def _handshake(self, raw: asyncio.Transport) -> None:
         gw = self._gateway
         try:
-            tls = await asyncio.get_running_loop().start_tls(
-                raw,
-                self,
-                gw.server_context,
-                server_side=True,
-                ssl_handshake_timeout=HANDSHAKE_TIMEOUT_SECONDS,
+            tls = await tls_transport.start_tls(
+                raw, self, gw.server_context, handshake_timeout=HANDSHAKE_TIMEOUT_SECONDS
             )
         except (TimeoutError, OSError) as exc:  # ssl.SSLError is an OSError
             gw.handshake_failed(exc, self._peer)
+            gw.trimmer.closed()
             return
         finally:
             gw._handshaking.discard(raw)
@@ -112,13 +124,21 @@ class _ConnectionGate(asyncio.Protocol):
         except ValueError as exc:  # a certificate cryptography cannot read
             self._refuse(transport, AuthError(str(exc), code="AUTH_BAD_CERTIFICATE"))
             return
+        admitted = gw.guard.admit(partner, self._peer, transport)
+        if admitted is None:  # the partner's connection cap (logged and audited)
+            self._early.clear()
+            transport.abort()
+            return
         self._transport = transport
+        self._clock = admitted.clock
         gw.connections.setdefault(partner, set()).add(transport)
-        self._inner = gw.http_handler()
+        self._inner = gw.http_handler(
+            on_refused=lambda code, reason: gw.guard.request_refused(admitted, code, reason)
+        )
         self._inner.connection_made(transport)
         early, self._early = self._early, []
         for chunk in early:
-            self._inner.data_received(chunk)
+            self.data_received(chunk)
 
     def _refuse(self, transport: asyncio.Transport, exc: AuthError) -> None:
         self._early.clear()
@@ -127,6 +147,8 @@ class _ConnectionGate(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self._inner is not None:
+            assert self._clock is not None
+            self._clock.data()
             self._inner.data_received(data)
         elif not self._lost:
             # application data can arrive with the client's Finished, before _admit runs
@@ -143,6 +165,8 @@ class _ConnectionGate(asyncio.Protocol):
         if self._transport is not None:
             for conns in self._gateway.connections.values():
                 conns.discard(self._transport)
+            self._gateway.guard.release(self._transport)
+            self._gateway.trimmer.closed()
         if self._inner is not None:
             self._inner.connection_lost(exc)
 
@@ -164,6 +188,8 @@ class Gateway:
         self.settings = settings
         #: index of this process under ``serve --workers N`` (None: the only process)
         self.worker = worker
+        #: this run of the process (claims made now carry it; see Store.take_over_claims)
+        self.boot = uuid.uuid4().hex[:12]
         self.runtime: Runtime
         #: partner -> its open, authenticated connections
         self.connections: dict[str, set[asyncio.Transport]] = {}
@@ -171,6 +197,10 @@ class Gateway:
         self.handshake_failures: Counter[str] = Counter()
         #: connections refused by the gate after the handshake, by code (``AUTH_PIN_MISMATCH`` …)
         self.auth_refusals: Counter[str] = Counter()
+        #: deadlines and caps of partner connections (its counters: refusals, closures …)
+        self.guard = Guard(settings.partner_api, self._audit_soon)
+        #: returns the memory of closed connections to the system
+        self.trimmer = MemoryTrimmer()
         self.partner_port: int | None = None
         self.admin_port: int | None = None
         self.admin_tls = settings.admin.tls if admin_tls is None else admin_tls
@@ -190,10 +220,17 @@ class Gateway:
         self._retired_clients: set[PartnerClient] = set()
         self._watch: asyncio.Task[None] | None = None
         self._housekeeping: asyncio.Task[None] | None = None
+        self._crls = crl.WatchState()
 
     @property
     def gateway_id(self) -> str:
         return self.settings.gateway_id
+
+    @property
+    def instance(self) -> str:
+        """This process's name among the administration's gateways (claims carry it)."""
+        base = self.settings.instance_id
+        return base if self.worker is None else f"{base}/w{self.worker}"
 
     async def start(self) -> None:
         """Listen, load material, connect the broker, open the stores, then serve and consume.
@@ -220,8 +257,14 @@ class Gateway:
         self._own_certs = own_certificates(s)
         signer = Signer.from_files(s.signing.key, s.signing.cert)
         s.state_dir.mkdir(parents=True, exist_ok=True)
-        store = await Store.open(s.state_dir / "state.db")
+        store = await Store.open(s.state_dir / "state.db", owner=self.instance, boot=self.boot)
+        taken = await store.take_over_claims()
+        if taken:
+            # this instance's previous process died while publishing these: the senders'
+            # next attempts are published at once, marked as possible duplicates
+            log.warning("claims_taken_over", count=taken, instance=self.instance)
         audit = await AuditLog.open(s.audit_url, gateway_id=s.gateway_id, checkpoint_signer=signer)
+        await self._record_signing_cert(audit, signer.cert, "system")
         relay = Relay(
             s.broker.url,
             Names(s.broker.prefix),
@@ -252,7 +295,7 @@ class Gateway:
                 details={"partner_port": str(self.partner_port)},
             )
         )
-        self._watch = tasks.spawn(self._expiry_watch(), name="cert-expiry-watch")
+        self._watch = tasks.spawn(self._watch_trust(), name="cert-and-crl-watch")
         if self.worker in (None, 0):  # one process per state store is enough
             self._housekeeping = tasks.spawn(self._housekeep(), name="state-housekeeping")
         log.info(
@@ -274,22 +317,33 @@ class Gateway:
             connections_per_partner=s.delivery.concurrency,
         )
 
-    def http_handler(self) -> RequestHandler:
+    def http_handler(self, **kwargs: Any) -> RequestHandler:
         """A fresh aiohttp protocol for an authenticated partner connection."""
-        handler: RequestHandler = self._http_factory()
+        handler: RequestHandler = self._http_factory(
+            keepalive_timeout=self.guard.backstop_keepalive(), **kwargs
+        )
         return handler
 
     async def _serve_partners(self) -> None:
         s = self.settings
-        app = web.Application(client_max_size=s.partner_api.max_body_bytes + 1)
+        app = web.Application(
+            client_max_size=s.partner_api.max_body_bytes + 1, middlewares=[track_requests]
+        )
         app[RUNTIME] = self.runtime
         app[PIPELINE] = InboundPipeline(self.runtime)
+        app[GUARD] = self.guard
+        app.on_response_prepare.append(hide_server)
         app.router.add_post("/v1/messages", handle_messages)
         app.router.add_get("/v1/ping", _ping)
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         self._runners.append(runner)
-        self._http_factory = runner.server
+        # bodies are never inflated (strict_http); an unread body is dropped for
+        # LINGER_SECONDS, not aiohttp's ten
+        assert runner.server is not None  # set up above
+        self._http_factory = handler_factory(
+            runner.server, access_log=None, lingering_time=LINGER_SECONDS, auto_decompress=False
+        )
         assert self._partner_server is not None, "listeners are bound first"
         await self._partner_server.start_serving()
 
@@ -332,7 +386,9 @@ class Gateway:
 
     async def _serve_admin(self) -> None:
         s = self.settings
-        runner = web.AppRunner(admin.build_app(self), access_log=None, handle_signals=False)
+        app = admin.build_app(self)
+        app.on_response_prepare.append(hide_server)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         self._runners.append(runner)
         clear = not self.admin_tls
@@ -347,18 +403,26 @@ class Gateway:
                 "admin_unauthenticated",
                 hint="no admin.token_file and no TLS: only /healthz is usable",
             )
-        self._admin_factory = runner.server
+        # not a TCPSite: its handlers would name aiohttp's version on a malformed request
+        assert runner.server is not None  # set up above
+        self._admin_factory = handler_factory(runner.server, access_log=None)
         assert self._admin_server is not None, "listeners are bound first"
         await self._admin_server.start_serving()
 
     # ------------------------------------------------------------------ admin target
 
     async def readiness(self) -> dict[str, bool]:
-        """Broker connected, audit store writable, own certificates within validity."""
+        """Broker connected, stores writable, own certificates within validity.
+
+        A store is not ready while its writes fail (its health probes it meanwhile).
+        """
         now = datetime.now(UTC)
+        rt = self.runtime
         return {
-            "broker": self.runtime.relay.ready,
-            "audit": await _audit_writable(self.runtime.audit, self.settings.audit_url),
+            "broker": rt.relay.ready,
+            "state": rt.store.health.healthy,
+            "audit": rt.audit.health.healthy
+            and await _audit_writable(rt.audit, self.settings.audit_url),
             "certificates": all(
                 c.not_valid_before_utc <= now <= c.not_valid_after_utc for _, c in self._own_certs
             ),
@@ -396,6 +460,168 @@ class Gateway:
                 if left < certs.EXPIRY_WARNING_DAYS:
                     log.warning("cert_expiring", path=path, days_left=left)
             await asyncio.sleep(EXPIRY_CHECK_SECONDS)
+
+    async def _watch_trust(self) -> None:
+        """The certificate expiry watch and the CRL watch, in one task (cancelled together)."""
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self._expiry_watch(), name="cert-expiry-watch")
+            group.create_task(self._crl_watch(), name="crl-watch")
+
+    # ------------------------------------------------------------------ CRLs
+
+    def crl_statuses(self, now: datetime | None = None) -> list[crl.CrlStatus]:
+        """How fresh every partner's CRL in force is (partners without a CRL are left out)."""
+        horizon = timedelta(days=self.settings.crl.warning_days)
+        found = (
+            crl.status(t, horizon, now) for _, t in sorted(self.runtime.trust.partners.items())
+        )
+        return [st for st in found if st is not None]
+
+    async def readiness_details(self) -> dict[str, Any]:
+        """What ``/readyz`` shows beside the checks: each partner's CRL and its nextUpdate.
+
+        A CRL near or past its nextUpdate does not make the gateway unready: it concerns
+        one partner, and an unready instance is taken out of service for every partner.
+        """
+        return {"crls": {st.partner: st.as_json() for st in self.crl_statuses()}}
+
+    async def _crl_watch(self) -> None:
+        while True:
+            try:
+                await self.refresh_crls()
+            except GatewayError as exc:  # e.g. the audit store: the next round tries again
+                log.error("crl_watch_failed", code=exc.code, reason=exc.reason)
+            await asyncio.sleep(self.settings.crl.check_seconds)
+
+    async def refresh_crls(self, *, force_fetch: bool = False) -> list[crl.Fetched]:
+        """One round of the CRL watch; returns the fetches it made.
+
+        For every partner with a ``crl`` file and a source (``crl_url`` or a distribution
+        point): fetch its CRL when due (worker 0 only under ``serve --workers``: every
+        ``[crl] fetch_interval_seconds``, every few minutes once within the warning horizon
+        or after a failure) and install a newer one; otherwise install the CRL file when it
+        holds a newer CRL (what worker 0 or an operator wrote). Then warn, once per CRL,
+        about those near or past nextUpdate.
+        """
+        s = self.settings
+        now = asyncio.get_running_loop().time()
+        horizon = timedelta(days=s.crl.warning_days)
+        fetched: list[crl.Fetched] = []
+        for pid, partner in sorted(s.partners.items()):
+            trust = self.runtime.trust.partners.get(pid)
+            if trust is None or trust.crl_path is None:
+                continue
+            fetcher = self.worker in (None, 0) and bool(crl.sources(partner, trust))
+            if fetcher and (force_fetch or self._crls.due(pid, now)):
+                result = await crl.fetch(
+                    partner, trust, timeout=s.crl.fetch_timeout_seconds, max_bytes=s.crl.max_bytes
+                )
+                fetched.append(result)
+                await self._crl_fetched(result)
+                st = crl.status(self.runtime.trust.partners.get(pid, trust), horizon)
+                fresh = result.error is None and st is not None and st.state == crl.OK
+                self._crls.schedule(pid, now, s.crl.fetch_interval_seconds, soon=not fresh)
+                continue
+            newer = await asyncio.to_thread(crl.newer_file, trust)
+            if newer is not None:
+                await self._install_crl(pid, newer, source=str(trust.crl_path))
+        for st in self.crl_statuses():
+            if st.state != crl.OK and self._crls.first_warning(st):
+                level = log.warning if st.state == crl.EXPIRING or st.cut_off else log.info
+                level(
+                    "crl_expiring" if st.state == crl.EXPIRING else "crl_stale",
+                    partner=st.partner,
+                    next_update=st.as_json()["next_update"],
+                    hours_left=st.as_json()["hours_left"],
+                    cut_off=st.cut_off,
+                    file=str(st.path),
+                )
+        self._crls.rounds += 1
+        return fetched
+
+    @property
+    def crl_rounds(self) -> int:
+        """How many rounds the CRL watch (or ``refresh_crls``) has completed."""
+        return self._crls.rounds
+
+    async def _crl_fetched(self, result: crl.Fetched) -> None:
+        """Install, log and audit the outcome of one fetch (the old CRL stays on failure)."""
+        pid = result.partner
+        if result.error is not None:
+            err = result.error
+            log.warning(
+                "crl_fetch_failed", partner=pid, url=result.url, code=err.code, reason=err.reason
+            )
+            if self._crls.failing(pid, err.code):  # audited once per failure streak and code
+                await self.runtime.audit.append(
+                    AuditEvent(
+                        event="crl_fetch_failed",
+                        partner=pid,
+                        outcome="failed",
+                        code=err.code,
+                        reason=err.reason,
+                        actor="system",
+                        details={"url": result.url or "", "kept": "the CRL in force"},
+                    )
+                )
+            return
+        self._crls.recovered(pid)
+        if result.write_error is not None:
+            log.warning("crl_write_failed", partner=pid, reason=result.write_error)
+        if result.crl is None or not result.changed:
+            log.debug("crl_unchanged", partner=pid, url=result.url)
+            return
+        await self._install_crl(pid, result.crl, source=result.url or "")
+
+    async def _install_crl(
+        self, partner_id: str, new: x509.CertificateRevocationList, *, source: str
+    ) -> None:
+        """Put ``new`` in force for the partner; close connections whose certificate it revokes."""
+        async with self._reload_lock:
+            rt = self.runtime
+            current = rt.trust.partners.get(partner_id)
+            try:
+                if current is None or not crl.accept(new, current):
+                    return  # the partner was removed, or a reload brought this CRL meanwhile
+            except GatewayError:
+                return  # a reload brought a newer one meanwhile
+            trust = rt.trust.with_crl(partner_id, new)
+            closing, kept = closures(trust, self.connections)
+            trust.carry(kept)
+            old_client = rt.client
+            rt.trust = trust
+            rt.client = self._new_client(self.settings, trust)
+            self._retire(old_client, self.settings.delivery.timeout)
+            for c in closing:
+                c.transport.abort()
+                self.connections.get(c.partner, set()).discard(c.transport)
+            about = crl.describe(new)
+            log.info("crl_fetched", partner=partner_id, source=source, closed=len(closing), **about)
+            events = [
+                AuditEvent(
+                    event="connection_closed",
+                    direction="inbound",
+                    partner=c.partner,
+                    outcome="closed",
+                    code=c.error.code,
+                    reason=c.error.reason,
+                    actor="system",
+                    details={"peer": _address(c.transport.get_extra_info("peername"))},
+                )
+                for c in closing
+            ]
+            events.append(
+                AuditEvent(
+                    event="crl_fetched",
+                    partner=partner_id,
+                    outcome="ok",
+                    code="CRL_INSTALLED",
+                    reason=f"a newer CRL of {partner_id} is in force",
+                    actor="system",
+                    details={"source": source, **about},
+                )
+            )
+            await rt.audit.append_many(events)
 
     async def _housekeep(self) -> None:
         """Hourly: forget duplicate claims and outbox entries past the replay window.
@@ -477,8 +703,30 @@ class Gateway:
             ]
         return []
 
+    async def _record_signing_cert(
+        self, audit: AuditLog, cert: x509.Certificate, actor: str
+    ) -> None:
+        """Record the signing certificate in the audit log, before it signs a checkpoint.
+
+        Only when the log does not hold it yet: ``audit verify`` then trusts it after a
+        rotation. Every worker of ``serve --workers`` checks, since any of them may sign the
+        next checkpoint; two starting at once may both record it, which does no harm.
+        """
+        sha = certs.cert_sha256(cert)
+        if any(r.sha256 == sha for r in await audit.cert_records()):
+            return
+        seq = await audit.append(record_event(cert, actor=actor, source="gateway"))
+        log.info(
+            "signing_cert_recorded",
+            seq=seq,
+            cert_sha256=sha,
+            serial=certs.serial_hex(cert.serial_number),
+        )
+
     async def _install(self, m: Material, actor: str) -> ReloadResult:
         old = self.settings
+        if m.signer.cert != self.runtime.signer.cert:
+            await self._record_signing_cert(self.runtime.audit, m.signer.cert, actor)
         closing, kept = closures(m.trust, self.connections)
         m.trust.carry(kept)
         rt = self.runtime
@@ -486,11 +734,13 @@ class Gateway:
         # the swap: nothing awaits in between, so a request sees all old or all new
         self.settings = m.settings
         self.server_context = m.server_context
+        self.guard.limits = m.settings.partner_api
         self.admin_auth = m.admin_auth
         self._own_certs = m.own_certs
         rt.settings = m.settings
         rt.trust = m.trust
         rt.signer = m.signer
+        rt.audit.set_signer(m.signer)
         rt.client = self._new_client(m.settings, m.trust)
         self._retire(old_client, m.settings.delivery.timeout)
         for c in closing:
@@ -593,7 +843,13 @@ class Gateway:
         )
 
     def _audit_soon(self, event: AuditEvent) -> None:
-        tasks.spawn(self.runtime.audit.append(event), name="audit-auth-failure")
+        async def append() -> None:
+            try:
+                await self.runtime.audit.append(event)
+            except AuditError:  # the audit log's health has logged the episode
+                log.warning("audit_entry_lost", audit_event=event.event, code=event.code)
+
+        tasks.spawn(append(), name="audit-auth-failure")
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -603,6 +859,7 @@ class Gateway:
         for task in (self._watch, self._housekeeping):
             if task is not None:
                 task.cancel()
+        self.trimmer.stop()
         await rt.relay.stop_consuming()
         for server in self._servers:
             server.close()

@@ -36,6 +36,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
+from gateway.audit_certs import CERT_RECORDED, CertRecord, RecordedTrust, record_from
 from gateway.audit_chain import (
     CHECKPOINT_FORMAT,
     EVENTS,
@@ -60,6 +61,7 @@ from gateway.audit_store import (
     open_store,
 )
 from gateway.errors import AuditError
+from gateway.health import Health
 from gateway.tasks import spawn
 
 __all__ = [
@@ -128,10 +130,13 @@ class VerifyReport:
     last_seq: int
     head_hash: str
     checkpoints: int
+    #: seq of the last checkpoint that verified (0: none)
     last_checkpoint_seq: int
     problems: tuple[Problem, ...]
     problem_count: int
     notes: tuple[str, ...] = ()
+    #: checkpoints whose bytes, signature and certificate all verified
+    valid_checkpoints: int = 0
 
     @property
     def ok(self) -> bool:
@@ -146,6 +151,20 @@ class VerifyReport:
         """Entries after the last checkpoint: only the chain itself vouches for them."""
         return max(0, self.last_seq - max(self.last_checkpoint_seq, self.first_seq - 1))
 
+    def _checkpoint_line(self) -> str:
+        if not self.checkpoints:
+            return "checkpoints: none"
+        bad = self.checkpoints - self.valid_checkpoints
+        if self.valid_checkpoints == 0:
+            return f"checkpoints: {self.checkpoints}, none valid"
+        counts = "all valid" if bad == 0 else f"{self.valid_checkpoints} valid, {bad} not"
+        last = (
+            f"last valid at seq {self.last_checkpoint_seq}"
+            if self.last_checkpoint_seq
+            else "none of the valid ones within the entries"
+        )
+        return f"checkpoints: {self.checkpoints} ({counts}), {last}"
+
     def lines(self) -> list[str]:
         """Human-readable summary (what ``maagw audit verify`` prints)."""
         out: list[str] = []
@@ -156,10 +175,7 @@ class VerifyReport:
             )
         else:
             out.append("entries: none")
-        out.append(
-            f"checkpoints: {self.checkpoints}"
-            + (f", last at seq {self.last_checkpoint_seq}" if self.checkpoints else "")
-        )
+        out.append(self._checkpoint_line())
         if self.unanchored:
             out.append(
                 f"note: {self.unanchored} entries after the last checkpoint "
@@ -211,6 +227,16 @@ class AuditLog:
         self.url: str | None = None
         self._last_cp_seq = 0
         self._last_cp_mono = 0.0
+        #: whether the last write worked (readiness); failures are logged once per episode
+        self.health = Health("audit", self._probe)
+
+    async def _probe(self) -> None:
+        try:
+            await self._store.probe()
+        except AuditError as exc:
+            self.health.failed(exc.code, exc.reason)
+        else:
+            self.health.succeeded()
 
     @classmethod
     async def open(
@@ -378,11 +404,14 @@ class AuditLog:
                 if isinstance(exc, AuditError)
                 else AuditError(f"audit write failed: {exc}", code="AUDIT_WRITE_FAILED")
             )
-            log.error("audit_write_failed", entries=len(batch.entries), error=str(exc))
+            # logged once per failure episode (error level) by the health tracker
+            self.health.failed(err.code, err.reason)
+            log.debug("audit_write_failed", entries=len(batch.entries), error=str(exc))
             for _, fut in (*batch.entries, *batch.evidence):
                 if fut is not None and not fut.done():
                     fut.set_exception(err)
             return
+        self.health.succeeded()
         self._head = head
         first = head[0] - len(batch.entries) + 1
         for i, (_, fut) in enumerate(batch.entries):
@@ -407,6 +436,10 @@ class AuditLog:
         except Exception as exc:  # retried after the next batch; appends go on meanwhile
             log.error("audit_checkpoint_failed", seq=seq, error=str(exc))
             self._last_cp_mono = now
+
+    def set_signer(self, signer: CheckpointSigner) -> None:
+        """Sign the next checkpoints with ``signer`` (a reload switched the signing key)."""
+        self._signer = signer
 
     async def checkpoint(self) -> Checkpoint | None:
         """Sign the current head now (None without a signer or when nothing is new)."""
@@ -437,6 +470,7 @@ class AuditLog:
         if self._closing and self._writer is None:
             return
         self._closing = True
+        self.health.stop()
         self._wake.set()
         writer, self._writer = self._writer, None
         try:
@@ -480,6 +514,12 @@ class AuditLog:
     async def checkpoints(self) -> list[Checkpoint]:
         return await self._store.checkpoints()
 
+    async def cert_records(self) -> list[CertRecord]:
+        """The signing certificates recorded in the log (``gateway.audit_certs``), in seq order."""
+        entries = await self._store.search(SearchFilter(event=CERT_RECORDED, limit=1_000_000))
+        found = (record_from(e.seq, e.event, e.code, e.details_obj()) for e in entries)
+        return [r for r in found if r is not None]
+
     async def purge(self, now: datetime | None = None) -> int:
         """Drop the bytes of evidence past its retention; returns how many. Entries stay."""
         count = await self._store.purge(format_time(now or datetime.now(UTC)))
@@ -503,10 +543,14 @@ class AuditLog:
         progress: Progress | None = None,
         trusted_certs: Sequence[x509.Certificate] | None = None,
         workers: int | None = None,
+        trusted_cas: Sequence[x509.Certificate] | None = None,
     ) -> VerifyReport:
         """Recompute the whole chain and every checkpoint signature.
 
-        With ``trusted_certs``, a checkpoint signed by any other certificate is a fault.
+        With ``trusted_certs`` (and/or ``trusted_cas``), a checkpoint must be signed by
+        one of ``trusted_certs`` or by a signing certificate recorded in the log and
+        issued by one of ``trusted_cas`` (``gateway.audit_certs`` has the rule);
+        anything else is a fault.
         Logs of ``PARALLEL_MIN`` entries or more are split into seq ranges verified by
         ``workers`` processes (default: up to 4, one per CPU) and stitched together;
         the report is the same as a sequential run's.
@@ -516,7 +560,14 @@ class AuditLog:
         checkpoints = await self._store.checkpoints()
         head, _ = await self._store.head()
         total = await self._store.count(1, head)
-        verifier = ChainVerifier(checkpoints, trusted_certs=trusted_certs)
+        recorded = None
+        if trusted_certs is not None or trusted_cas is not None:
+            # the chain pass below checks these entries like any other: an altered record
+            # fails it; they are looked up (a scan) only when a checkpoint needs them
+            anchors = {c.fingerprint(hashes.SHA256()) for c in trusted_certs or ()}
+            needed = any(_cp_fingerprint(cp) not in anchors for cp in checkpoints)
+            recorded = RecordedTrust(await self.cert_records() if needed else (), trusted_cas)
+        verifier = ChainVerifier(checkpoints, trusted_certs=trusted_certs, recorded=recorded)
         if workers is None:
             workers = min(os.cpu_count() or 1, 4) if total >= PARALLEL_MIN else 1
         if workers > 1 and self.url is not None and head > 0:
@@ -734,6 +785,7 @@ class ChainVerifier:
         *,
         trusted_certs: Sequence[x509.Certificate] | None = None,
         anchored: bool = True,
+        recorded: RecordedTrust | None = None,
     ) -> None:
         self._problems: list[Problem] = []
         self._count = 0
@@ -747,9 +799,10 @@ class ChainVerifier:
         self._notes: list[str] = []
         trusted = (
             None
-            if trusted_certs is None
-            else {c.fingerprint(hashes.SHA256()) for c in trusted_certs}
+            if trusted_certs is None and recorded is None
+            else {c.fingerprint(hashes.SHA256()) for c in trusted_certs or ()}
         )
+        self._recorded = recorded
         if trusted is None:
             self._notes.append(
                 "checkpoint certificates were not compared with a trusted certificate"
@@ -758,9 +811,11 @@ class ChainVerifier:
         #: seq -> head hashes that valid checkpoints signed for it
         self.heads: dict[int, list[str]] = {}
         self._cp_total = 0
+        self._cp_valid = 0
         for cp in checkpoints:
             self._cp_total += 1
             if self._check_checkpoint(cp, trusted):
+                self._cp_valid += 1
                 self.heads.setdefault(cp.seq, []).append(cp.head_hash)
         self._valid_cp_seqs = sorted(self.heads)
 
@@ -846,12 +901,15 @@ class ChainVerifier:
             )
             return False
         if trusted is not None and cert.fingerprint(hashes.SHA256()) not in trusted:
-            self._problem(
-                cp.seq,
-                "checkpoint_untrusted",
-                f"signed by {cert.subject.rfc4514_string()}, not a trusted certificate",
-            )
-            return False
+            if self._recorded is None:
+                why: str | None = (
+                    f"signed by {cert.subject.rfc4514_string()}, not a trusted certificate"
+                )
+            else:
+                why = self._recorded.problem(cert, cp.seq, cp.time)
+            if why is not None:
+                self._problem(cp.seq, "checkpoint_untrusted", why)
+                return False
         return True
 
     def feed(self, rows: Sequence[Sequence[Any]]) -> None:
@@ -941,6 +999,7 @@ class ChainVerifier:
             problems=problems,
             problem_count=self._count,
             notes=tuple(self._notes),
+            valid_checkpoints=self._cp_valid,
         )
 
 
@@ -975,8 +1034,12 @@ def verify_bundle(
     *,
     trusted_certs: Sequence[x509.Certificate] | None = None,
     progress: Progress | None = None,
+    trusted_cas: Sequence[x509.Certificate] | None = None,
 ) -> VerifyReport:
-    """Verify an exported bundle offline: chain, checkpoints, manifest range."""
+    """Verify an exported bundle offline: chain, checkpoints, manifest range.
+
+    Certificates recorded inside the bundle count as in ``AuditLog.verify``.
+    """
     try:
         manifest = json.loads((bundle / "manifest.json").read_text())
     except (OSError, ValueError) as exc:
@@ -984,7 +1047,12 @@ def verify_bundle(
     cps, file_problems = _read_bundle_checkpoints(bundle / "checkpoints")
     from_seq = int(manifest["from_seq"])
     to_seq = int(manifest["to_seq"])
-    verifier = ChainVerifier(cps, trusted_certs=trusted_certs, anchored=from_seq == 1)
+    recorded = None
+    if trusted_certs is not None or trusted_cas is not None:
+        recorded = RecordedTrust(_bundle_cert_records(bundle / "entries.jsonl"), trusted_cas)
+    verifier = ChainVerifier(
+        cps, trusted_certs=trusted_certs, anchored=from_seq == 1, recorded=recorded
+    )
     for p in file_problems:
         verifier._problem(p.seq, p.kind, p.message)
     total = int(manifest.get("entries", 0))
@@ -1037,6 +1105,36 @@ def verify_bundle(
             }
         )
     return VerifyReport(**{**_report_fields(report), "notes": tuple(notes)})
+
+
+def _cp_fingerprint(cp: Checkpoint) -> bytes | None:
+    try:
+        return x509.load_pem_x509_certificate(cp.cert_pem.encode()).fingerprint(hashes.SHA256())
+    except ValueError:
+        return None
+
+
+def _bundle_cert_records(path: Path) -> list[CertRecord]:
+    """The certificate records among a bundle's entries (unreadable lines are skipped here)."""
+    needle = f'"event":"{CERT_RECORDED}"'.encode()
+    records: list[CertRecord] = []
+    try:
+        with path.open("rb") as fh:
+            for line in fh:
+                if needle not in line:
+                    continue
+                try:
+                    obj = json.loads(line)
+                    record = record_from(
+                        int(obj["seq"]), obj["event"], obj.get("code"), obj["details"]
+                    )
+                except (ValueError, KeyError, TypeError, AttributeError):
+                    continue
+                if record is not None:
+                    records.append(record)
+    except OSError:
+        return []
+    return records
 
 
 def _report_fields(report: VerifyReport) -> dict[str, Any]:
@@ -1100,7 +1198,9 @@ def _verify_txt(manifest: Mapping[str, Any], names: Sequence[str]) -> str:
         "   certificate (.cert.pem) and its public key (.pub.pem, which you can re-derive with",
         "   `openssl x509 -in X.cert.pem -pubkey -noout`). Check the certificate is the",
         "   gateway's signing certificate (e.g. `openssl x509 -in X.cert.pem -noout -subject",
-        "   -fingerprint -sha256`), then:",
+        "   -fingerprint -sha256`) — after a rotation, an earlier one: recorded in",
+        "   entries.jsonl by a cert_recorded entry at or before the checkpoint's seq and issued",
+        "   by the gateway's CA (`openssl verify -CAfile ca.pem X.cert.pem`) — then:",
         "",
     ]
     for name in names:

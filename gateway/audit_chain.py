@@ -60,6 +60,9 @@ EVENTS: tuple[str, ...] = (
     "duplicate",
     "auth_failure",
     "operator_action",
+    "cert_recorded",
+    "crl_fetched",
+    "crl_fetch_failed",
 )
 
 #: the version tag inside every signed checkpoint

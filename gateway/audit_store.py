@@ -114,6 +114,10 @@ class Store(Protocol):
         ...
 
     async def head(self) -> tuple[int, str]: ...
+    async def probe(self) -> None:
+        """A small write outside the chain (health): raises ``AuditError`` if it fails."""
+        ...
+
     async def add_checkpoint(self, cp: Checkpoint) -> None: ...
     async def checkpoints(self) -> list[Checkpoint]: ...
     async def count(self, from_seq: int, to_seq: int) -> int: ...
@@ -157,6 +161,9 @@ _SQLITE_MIGRATIONS: list[list[str]] = [
             digest TEXT PRIMARY KEY, kind TEXT NOT NULL, data BLOB, size INTEGER NOT NULL,
             stored_at TEXT NOT NULL, retention_until TEXT NOT NULL, purged_at TEXT)""",
         "CREATE INDEX audit_evidence_retention ON audit_evidence(retention_until)",
+    ],
+    [  # 2: a row the health probe writes, to learn whether the store can commit again
+        "CREATE TABLE audit_probe (id INTEGER PRIMARY KEY, at TEXT NOT NULL)",
     ],
 ]
 
@@ -287,6 +294,14 @@ class SqliteStore:
 
     async def head(self) -> tuple[int, str]:
         return await self._call(self._reader, lambda: _sqlite_head(self._r()))
+
+    async def probe(self) -> None:
+        def run() -> None:
+            self._w().execute(
+                "INSERT OR REPLACE INTO audit_probe (id, at) VALUES (1, ?)", (utc_now(),)
+            )
+
+        await self._call(self._writer, run)
 
     async def add_checkpoint(self, cp: Checkpoint) -> None:
         def run() -> None:
@@ -482,6 +497,9 @@ _PG_MIGRATIONS: list[list[str]] = [
             stored_at TEXT NOT NULL, retention_until TEXT NOT NULL, purged_at TEXT)""",
         "CREATE INDEX audit_evidence_retention ON audit_evidence(retention_until)",
     ],
+    [  # 2: a row the health probe writes, to learn whether the store can commit again
+        "CREATE TABLE audit_probe (id INTEGER PRIMARY KEY, at TEXT NOT NULL)",
+    ],
 ]
 
 
@@ -498,7 +516,11 @@ class PostgresStore:
         import asyncpg  # type: ignore[import-untyped, unused-ignore]
 
         try:
-            pool = await asyncpg.create_pool(url, min_size=1, max_size=4)
+            # bounded connects and statements: a database that stops answering is a failure
+            # to report (readiness, a retry), not a wait without end
+            pool = await asyncpg.create_pool(
+                url, min_size=1, max_size=4, timeout=10, command_timeout=30
+            )
         except (OSError, asyncpg.PostgresError) as exc:
             raise AuditError(
                 f"cannot connect to PostgreSQL for the audit log: {exc}", code="AUDIT_UNAVAILABLE"
@@ -576,6 +598,16 @@ class PostgresStore:
     async def head(self) -> tuple[int, str]:
         result: tuple[int, str] = await self._run(_pg_head)
         return result
+
+    async def probe(self) -> None:
+        async def run(con: Any) -> None:
+            await con.execute(
+                "INSERT INTO audit_probe (id, at) VALUES (1, $1) "
+                "ON CONFLICT (id) DO UPDATE SET at = EXCLUDED.at",
+                utc_now(),
+            )
+
+        await self._run(run)
 
     async def add_checkpoint(self, cp: Checkpoint) -> None:
         async def run(con: Any) -> None:

@@ -141,7 +141,7 @@ async def reset_audit_tables(url: str) -> None:
     con = await asyncpg.connect(url)
     try:
         await con.execute(
-            "DROP TABLE IF EXISTS audit_entries, audit_checkpoints, audit_evidence, "
+            "DROP TABLE IF EXISTS audit_entries, audit_checkpoints, audit_evidence, audit_probe, "
             "audit_schema_version CASCADE; "
             "DROP FUNCTION IF EXISTS audit_entries_append_only() CASCADE"
         )

@@ -116,6 +116,23 @@ def spki_pin(cert: x509.Certificate) -> str:
     return public_key_pin(cert.public_key())
 
 
+def cert_sha256(cert: x509.Certificate) -> str:
+    """Lower-case hex SHA-256 of the certificate's DER: its fingerprint (not an SPKI pin).
+
+    ``openssl x509 -noout -fingerprint -sha256`` prints the same digits in upper
+    case with colons.
+    """
+    return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
+
+
+def cert_labels(cert: x509.Certificate) -> str:
+    """``serial=… cert_sha256=… spki_pin=sha256:…``: how the CLI names a certificate."""
+    return (
+        f"serial={serial_hex(cert.serial_number)} cert_sha256={cert_sha256(cert)} "
+        f"spki_pin={spki_pin(cert)}"
+    )
+
+
 def public_key_pin(key: CertificatePublicKeyTypes) -> str:
     """Return the SPKI pin (``sha256:<hex>``) of a public key."""
     der = key.public_bytes(
@@ -232,6 +249,12 @@ def load_crl(path: Path) -> x509.CertificateRevocationList:
         return x509.load_der_x509_crl(data)
     except ValueError as exc:
         raise ConfigError(f"not a CRL: {path}", code="CONFIG_CRL", path=str(path)) from exc
+
+
+def write_crl(path: Path, crl: x509.CertificateRevocationList) -> Path:
+    """Write a CRL as PEM (mode 0644), atomically: a reader sees the old or the new one."""
+    _write_atomic(Path(path), crl.public_bytes(serialization.Encoding.PEM), 0o644)
+    return Path(path)
 
 
 def generate_key(key_type: KeyType = "ec") -> CertificateIssuerPrivateKeyTypes:
@@ -672,6 +695,76 @@ def describe(paths: Iterable[Path], now: dt.datetime | None = None) -> list[Cert
     return rows
 
 
+#: Days before a CRL's nextUpdate from which ``list`` flags it (``[crl] warning_days``).
+CRL_WARNING_DAYS = 2.0
+
+
+@dataclass(frozen=True)
+class CrlInfo:
+    """One CRL line of ``maagw certs list``: issuer, CRL number, nextUpdate, time left."""
+
+    path: Path
+    issuer: str
+    number: str
+    next_update: dt.datetime | None
+    days_left: int | None
+    #: ``STALE`` past nextUpdate, ``EXPIRING`` within the warning horizon, else ``""``
+    flag: str
+
+
+def describe_crls(
+    paths: Iterable[Path], now: dt.datetime | None = None, warning_days: float = CRL_WARNING_DAYS
+) -> list[CrlInfo]:
+    """Describe every CRL file in ``paths`` (the number in hex, as openssl prints it)."""
+    now = now or _now()
+    rows = []
+    for path in paths:
+        crl = load_crl(Path(path))
+        next_update = crl.next_update_utc
+        try:
+            number = serial_hex(
+                crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+            )
+        except x509.ExtensionNotFound:
+            number = "-"
+        flag = ""
+        if next_update is not None and next_update < now:
+            flag = "STALE"
+        elif next_update is not None and next_update - now <= dt.timedelta(days=warning_days):
+            flag = "EXPIRING"
+        rows.append(
+            CrlInfo(
+                path=Path(path),
+                issuer=crl.issuer.rfc4514_string(),
+                number=number,
+                next_update=next_update,
+                days_left=(next_update - now) // dt.timedelta(days=1) if next_update else None,
+                flag=flag,
+            )
+        )
+    return rows
+
+
+def crl_files(directory: Path) -> list[Path]:
+    """The files under ``directory`` that hold a CRL (PEM, or DER named ``*.crl``), sorted."""
+    found = []
+    for path in sorted(Path(directory).rglob("*")):
+        if not path.is_file():
+            continue
+        suffix = path.suffix.lower()
+        if suffix == ".crl" or (
+            suffix in _CERT_SUFFIXES and _holds(path, b"-----BEGIN X509 CRL-----")
+        ):
+            found.append(path)
+    return found
+
+
+def configured_crl_paths(settings: Any) -> list[Path]:
+    """The partners' CRL files a settings object names (``partners.<ID>.crl``)."""
+    partners = getattr(settings, "partners", {}) or {}
+    return sorted({Path(p.crl) for p in partners.values() if getattr(p, "crl", None)})
+
+
 def expiry_report(
     paths: Iterable[Path], now: dt.datetime | None = None
 ) -> list[tuple[Path, str, int]]:
@@ -692,8 +785,12 @@ def pem_files(directory: Path) -> list[Path]:
 
 
 def _holds_cert(path: Path) -> bool:
+    return _holds(path, b"-----BEGIN CERTIFICATE-----")
+
+
+def _holds(path: Path, marker: bytes) -> bool:
     try:
-        return b"-----BEGIN CERTIFICATE-----" in path.read_bytes()
+        return marker in path.read_bytes()
     except OSError:
         return False
 
@@ -869,8 +966,25 @@ class Rotation:
     written: list[Path]
 
 
+def _signing_candidates(out: Path, name: str) -> list[Path]:
+    return [out / f"{name}.pem", *Path(out).glob(f"{name}-*.pem")]
+
+
+def is_signing_family(cert_path: Path, out: Path, name: str) -> bool:
+    """True when ``cert_path`` holds the same certificate as NAME.pem or a NAME-*.pem in ``out``."""
+    try:
+        cert = load_cert(cert_path)
+    except ConfigError:
+        return False
+    for path in _signing_candidates(out, name):
+        with contextlib.suppress(ConfigError):
+            if path.is_file() and load_cert(path) == cert:
+                return True
+    return False
+
+
 def _current_signing_cert(out: Path, name: str) -> Path:
-    candidates = [out / f"{name}.pem", *out.glob(f"{name}-*.pem")]
+    candidates = _signing_candidates(out, name)
     existing = [p for p in candidates if p.is_file()]
     if not existing:
         raise ConfigError(
@@ -1082,6 +1196,11 @@ def import_partner(
     written.append(toml_path)
     log.info("partner_imported", partner=partner_id, pins=len(pins), signing_certs=len(signing))
     return written
+
+
+def issued_directly_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    """True when ``issuer`` signed ``cert`` (one level, names and signature)."""
+    return cert.issuer == issuer.subject and _directly_issued_by(cert, issuer)
 
 
 def _directly_issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:

@@ -59,11 +59,24 @@ def config_group() -> None:
 @config_option
 @one_line_errors
 def config_check(config_path: Path | None) -> None:
-    """Load and validate gateway.toml, partners/ and agreements/; exit 2 on a problem."""
+    """Load and validate gateway.toml, partners/ and agreements/; exit 2 on a problem.
+
+    A partner CRL past its nextUpdate is a problem (CONFIG_CRL_STALE) unless the partner
+    says crl_stale = "warn"; one within [crl] warning_days of it is a warning line.
+    """
+    from datetime import timedelta
+
+    from gateway import crl
     from gateway.tls import TrustStore
 
     settings = settings_from(config_path)
-    TrustStore(settings.partners)  # every partner's CA, signing certificates, CRL readable
+    # every partner's CA, signing certificates and CRL readable, no CRL already stale
+    trust = TrustStore(settings.partners)
+    horizon = timedelta(days=settings.crl.warning_days)
+    for _, partner_trust in sorted(trust.partners.items()):
+        st = crl.status(partner_trust, horizon)
+        if st is not None and st.state != crl.OK:
+            click.echo(f"warning: {crl.warning_text(st)}", err=True)
     for path in (
         settings.tls.server_cert,
         settings.tls.server_key,

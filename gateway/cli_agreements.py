@@ -137,8 +137,12 @@ def _describe(a: Agreement) -> str:
         f"  valid:            {_validity(a, datetime.now(UTC).date())}",
         f"  exchange format:  {a.exchange_format}",
         f"  retention:        {a.retention_days} days",
-        f"  delivery:         at most {a.delivery.max_attempts} attempts within "
-        f"{a.delivery.max_age_seconds:g} s",
+        "  delivery:         retried until "
+        + (
+            f"{a.delivery.max_age_seconds:g} s old"
+            if a.delivery.max_age_seconds is not None
+            else "the gateway's [delivery] max_age_seconds"
+        ),
     ]
     for key, flow in sorted(a.flows.items()):
         burst = flow.burst if flow.burst is not None else max(1.0, flow.rate_per_minute)

@@ -39,6 +39,8 @@ class _Target:
     url: str
     gateway_id: str | None
     trusted: tuple[x509.Certificate, ...]
+    #: CAs whose signing certificates, recorded in the log, may sign checkpoints
+    cas: tuple[x509.Certificate, ...] = ()
 
 
 def _load_certs(path: Path) -> list[x509.Certificate]:
@@ -48,16 +50,21 @@ def _load_certs(path: Path) -> list[x509.Certificate]:
         raise ConfigError(f"{path}: cannot read certificate ({exc})") from exc
 
 
-def _target(config_path: Path | None, db: str | None, certs: Sequence[Path] = ()) -> _Target:
+def _target(
+    config_path: Path | None, db: str | None, certs: Sequence[Path] = (), cas: Sequence[Path] = ()
+) -> _Target:
     trusted: list[x509.Certificate] = []
     for path in certs:
         trusted.extend(_load_certs(path))
+    ca_certs = [c for path in cas for c in _load_certs(path)]
     if db is not None:
-        return _Target(db, None, tuple(trusted))
+        return _Target(db, None, tuple(trusted), tuple(ca_certs))
     settings = settings_from(config_path)
     if settings.signing_cert_path.exists():
         trusted.extend(_load_certs(settings.signing_cert_path))
-    return _Target(settings.audit_url, settings.gateway_id, tuple(trusted))
+    if settings.tls.ca.exists():
+        ca_certs.extend(_load_certs(settings.tls.ca))
+    return _Target(settings.audit_url, settings.gateway_id, tuple(trusted), tuple(ca_certs))
 
 
 def _run(coro: Coroutine[Any, Any, T]) -> T:
@@ -287,22 +294,49 @@ class _Progress:
     "certs",
     multiple=True,
     type=click.Path(path_type=Path, dir_okay=False, exists=True),
-    help="Also trust this checkpoint signing certificate (e.g. before a rotation); repeatable.",
+    help="Also trust this checkpoint signing certificate; repeatable.",
+)
+@click.option(
+    "--ca",
+    "cas",
+    multiple=True,
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    help="Trust signing certificates recorded in the log and issued by this CA "
+    "(with --config: tls.ca as well); repeatable.",
 )
 def verify(
-    config_path: Path | None, db: str | None, bundle: Path | None, certs: tuple[Path, ...]
+    config_path: Path | None,
+    db: str | None,
+    bundle: Path | None,
+    certs: tuple[Path, ...],
+    cas: tuple[Path, ...],
 ) -> None:
-    """Recompute the hash chain and the checkpoint signatures; exit 1 on any fault."""
+    """Recompute the hash chain and the checkpoint signatures; exit 1 on any fault.
+
+    A checkpoint must be signed by the configured signing certificate (or a --cert),
+    or by a signing certificate recorded in the log at or before it and issued by the
+    gateway's CA (tls.ca, or a --ca): the certificates used before a rotation.
+    """
     progress = _Progress("verifying")
 
     async def go() -> VerifyReport:
         if bundle is not None:
             trusted = [c for path in certs for c in _load_certs(path)]
-            return verify_bundle(bundle, trusted_certs=trusted or None, progress=progress)
-        target = _target(config_path, db, certs)
+            ca_certs = [c for path in cas for c in _load_certs(path)]
+            return verify_bundle(
+                bundle,
+                trusted_certs=trusted or None,
+                trusted_cas=ca_certs or None,
+                progress=progress,
+            )
+        target = _target(config_path, db, certs, cas)
         log = await _open(target)
         try:
-            return await log.verify(progress=progress, trusted_certs=target.trusted or None)
+            return await log.verify(
+                progress=progress,
+                trusted_certs=target.trusted or None,
+                trusted_cas=target.cas or None,
+            )
         finally:
             await log.close()
 

@@ -8,16 +8,21 @@ check failed; 2 usage or configuration error (one line on stderr).
 from __future__ import annotations
 
 import functools
+import getpass
 import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import click
+from cryptography import x509
 
 from gateway import certs as certs_mod
 from gateway.errors import ConfigError, GatewayError
+
+if TYPE_CHECKING:
+    from gateway.config import Settings
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -149,10 +154,15 @@ def issue_cmd(
     )
 
 
-def _settings_cert_paths(config: Path) -> list[Path]:
+def _settings_paths(config: Path) -> tuple[list[Path], list[Path], float]:
     from gateway.config import load_settings  # only `list --config` needs the whole config
 
-    return certs_mod.configured_cert_paths(load_settings(config), base=config.parent)
+    settings = load_settings(config)
+    return (
+        certs_mod.configured_cert_paths(settings, base=config.parent),
+        certs_mod.configured_crl_paths(settings),
+        settings.crl.warning_days,
+    )
 
 
 @certs.command("list")
@@ -164,18 +174,21 @@ def _settings_cert_paths(config: Path) -> list[Path]:
 @click.argument("directory", required=False, type=_ExistingDir)
 @_one_line_errors
 def list_cmd(config: Path | None, directory: Path | None) -> None:
-    """List certificates: subject, serial (hex), kind, not-after, days left, file.
+    """List certificates and CRLs, one tab-separated line each.
 
-    Without DIR, lists the gateway's own certificates and every partner's
-    configured ones. Fewer than 30 days left is flagged EXPIRING, past expiry
-    EXPIRED.
+    Certificates: subject, serial (hex, as openssl prints it), kind, not-after, days
+    left, file, flag — EXPIRING under 30 days, EXPIRED past expiry. CRLs: issuer, CRL
+    number (hex), "crl", nextUpdate, days left, file, flag — EXPIRING within [crl]
+    warning_days (2) of nextUpdate, STALE past it. Without DIR, lists the gateway's own
+    certificates and every partner's configured ones and CRLs.
     """
     if directory is not None and config is not None:
         raise click.UsageError("give either --config PATH or a DIR, not both")
+    warning_days = certs_mod.CRL_WARNING_DAYS
     if directory is not None:
-        paths = certs_mod.pem_files(directory)
+        paths, crl_paths = certs_mod.pem_files(directory), certs_mod.crl_files(directory)
     else:
-        paths = _settings_cert_paths(config or _default_config())
+        paths, crl_paths, warning_days = _settings_paths(config or _default_config())
     rows = certs_mod.describe(paths)
     for row in rows:
         flag = "EXPIRED" if row.days_left < 0 else "EXPIRING" if row.expiring else ""
@@ -192,7 +205,21 @@ def list_cmd(config: Path | None, directory: Path | None) -> None:
                 ]
             ).rstrip()
         )
-    if not rows:
+    for crl in certs_mod.describe_crls(crl_paths, warning_days=warning_days):
+        click.echo(
+            "\t".join(
+                [
+                    crl.issuer,
+                    crl.number,
+                    "crl",
+                    f"{crl.next_update:%Y-%m-%dT%H:%M:%SZ}" if crl.next_update else "-",
+                    f"{crl.days_left}d" if crl.days_left is not None else "-",
+                    str(crl.path),
+                    crl.flag,
+                ]
+            ).rstrip()
+        )
+    if not rows and not crl_paths:
         click.echo("no certificates found", err=True)
 
 
@@ -214,7 +241,10 @@ def revoke_cmd(ca_dir: Path, serial: str, reason: str) -> None:
     """Revoke SERIAL (hex, as openssl prints it); publish with `maagw certs crl`."""
     written = certs_mod.revoke(ca_dir, serial, reason)
     if not written:
-        click.echo(f"serial {serial} was already revoked", err=True)
+        click.echo(
+            f"serial {certs_mod.serial_hex(certs_mod.parse_serial(serial))} was already revoked",
+            err=True,
+        )
     _print_paths(written)
 
 
@@ -269,9 +299,10 @@ def check_cmd(cert: Path, key: Path, ca: Path | None, passphrase_env: str | None
     "config_path",
     type=click.Path(path_type=Path, dir_okay=False),
     default=None,
-    help="Record the rotation in this gateway's audit log (an operator action).",
+    help="The gateway whose audit log records the rotation and whose partners must import "
+    "the new certificate [default: $MAAGW_CONFIG, then config/gateway.toml, if present].",
 )
-@click.option("--actor", default=None, help="Who rotates (default: the OS user).")
+@click.option("--actor", default=None, help="Who rotates (default: os:<user>).")
 @_key_type
 @_passphrase_env
 @_ca_passphrase_env
@@ -288,7 +319,15 @@ def rotate_cmd(
     passphrase_env: str | None,
     ca_passphrase_env: str | None,
 ) -> None:
-    """Issue a successor signing certificate NAME-<date> next to the current one."""
+    """Issue a successor signing certificate NAME-<date> next to the current one.
+
+    With the gateway's configuration (--config, $MAAGW_CONFIG or config/gateway.toml),
+    the new certificate is recorded in its audit log (so that `maagw audit verify`
+    trusts the checkpoints it will sign, and the old one's after the switch), the
+    rotation is audited as an operator action, and every partner that must import
+    the new certificate is listed with the command it runs.
+    """
+    settings, why_not = _rotation_settings(config_path, out, name)
     rotation = certs_mod.rotate(
         ca_dir,
         name,
@@ -300,36 +339,133 @@ def rotate_cmd(
         ca_passphrase=_passphrase(ca_passphrase_env, "--ca-passphrase-env"),
     )
     _print_paths(rotation.written)
-    if config_path is not None:
-        _audit_rotation(config_path, actor, rotation)
+    old, new = certs_mod.load_cert(rotation.old_cert), certs_mod.load_cert(rotation.new_cert)
+    click.echo(f"old: {rotation.old_cert} {certs_mod.cert_labels(old)}", err=True)
+    click.echo(f"new: {rotation.new_cert} {certs_mod.cert_labels(new)}", err=True)
     until = f"{rotation.overlap_until:%Y-%m-%d}"
-    click.echo(f"old: {rotation.old_cert} {rotation.old_pin}", err=True)
-    click.echo(f"new: {rotation.new_cert} {rotation.new_pin}", err=True)
+    if settings is None:
+        click.echo(
+            f"not recorded in an audit log: {why_not}; give --config PATH (or set "
+            "MAAGW_CONFIG) so that `maagw audit verify` trusts the checkpoints of both "
+            "certificates after the switch",
+            err=True,
+        )
+    else:
+        who = actor or f"os:{getpass.getuser()}"
+        seq = _audit_rotation(settings, who, rotation, old, new)
+        click.echo(
+            f"recorded: the new signing certificate in the audit log of {settings.gateway_id} "
+            f"(up to entry {seq}, actor {who})",
+            err=True,
+        )
+        _warn_if_not_own_ca(settings, new)
+        _print_partners(settings, rotation)
     click.echo(
-        f"next: publish {rotation.new_cert} to every partner now (maagw certs import-partner "
-        f"--signing-cert on their side); partners accept old and new until {until}; then switch "
-        f"signing to the new key and revoke the old certificate with --reason superseded",
+        f"next: publish {rotation.new_cert.name} to every partner now (they run `maagw certs "
+        "import-partner --signing-cert` on their side and accept old and new until "
+        f"{until}); then point [signing] cert/key at the new files and `maagw reload`; after "
+        "the overlap revoke the old certificate with --reason superseded",
         err=True,
     )
 
 
-def _audit_rotation(config_path: Path, actor: str | None, rotation: certs_mod.Rotation) -> None:
-    """Append the rotation to the gateway's audit log as an operator action."""
-    import asyncio
-    import getpass
+def _rotation_settings(
+    config_path: Path | None, out: Path, name: str
+) -> tuple[Settings | None, str]:
+    """The configuration of the gateway whose signing certificate is rotated, or why none.
 
-    from gateway.audit import AuditEvent, AuditLog
+    The configuration's [signing] cert must be NAME.pem or NAME-*.pem in OUT. An
+    explicit --config (or $MAAGW_CONFIG) that does not load or does not match is an
+    error, before anything is issued; the default path is used only when it matches.
+    """
     from gateway.config import load_settings
 
-    settings = load_settings(config_path)
+    explicit = config_path or (
+        Path(os.environ["MAAGW_CONFIG"]) if os.environ.get("MAAGW_CONFIG") else None
+    )
+    path = explicit or _default_config()
+    if explicit is None and not path.is_file():
+        return None, f"no configuration at {path}"
+    try:
+        settings = load_settings(path)
+    except ConfigError as exc:
+        if explicit is not None:
+            raise
+        return None, f"the configuration at {path} does not load ({exc.code})"
+    if certs_mod.is_signing_family(settings.signing.cert, out, name):
+        return settings, ""
+    mismatch = (
+        f"the signing certificate of {path} ({settings.signing.cert}) is not "
+        f"{name}.pem or {name}-*.pem in {out}"
+    )
+    if explicit is not None:
+        raise ConfigError(mismatch, code="CONFIG_ROTATION_MISMATCH")
+    return None, mismatch
 
-    async def record() -> None:
+
+def _warn_if_not_own_ca(settings: Settings, new: x509.Certificate) -> None:
+    try:
+        cas = certs_mod.load_certs(settings.tls.ca)
+    except ConfigError:
+        cas = []
+    if not any(certs_mod.issued_directly_by(new, ca) for ca in cas):
+        click.echo(
+            f"warning: the new certificate is not issued by tls.ca ({settings.tls.ca}); "
+            "`maagw audit verify` trusts the checkpoints it signs only while it is the "
+            "configured signing certificate",
+            err=True,
+        )
+
+
+def _print_partners(settings: Settings, rotation: certs_mod.Rotation) -> None:
+    """Every configured partner must import the new certificate before the switch."""
+    partners = sorted(settings.partners.values(), key=lambda p: p.id)
+    if not partners:
+        click.echo("partners: none configured", err=True)
+        return
+    click.echo(
+        f"partners that must import {rotation.new_cert.name} before the switch "
+        f"({len(partners)}), each running:",
+        err=True,
+    )
+    for partner in partners:
+        click.echo(
+            f"  {partner.id} ({partner.url or 'no url'}): maagw certs import-partner "
+            f"--id {settings.gateway_id} --ca {settings.tls.ca.name} "
+            f"--signing-cert {rotation.new_cert.name}",
+            err=True,
+        )
+
+
+def _audit_rotation(
+    settings: Settings,
+    actor: str,
+    rotation: certs_mod.Rotation,
+    old: x509.Certificate,
+    new: x509.Certificate,
+) -> int:
+    """Record the new (and, if missing, the old) signing certificate and audit the rotation.
+
+    Returns the seq of the last entry written.
+    """
+    import asyncio
+
+    from gateway.audit import AuditEvent, AuditLog
+    from gateway.audit_certs import record_event
+
+    async def record() -> int:
         audit = await AuditLog.open(settings.audit_url, gateway_id=settings.gateway_id)
         try:
-            await audit.append(
+            held = {r.sha256 for r in await audit.cert_records()}
+            events = [
+                record_event(cert, actor=actor, source=source)
+                for cert, source in ((old, "rotation: current"), (new, "rotation: successor"))
+                if certs_mod.cert_sha256(cert) not in held
+            ]
+            events.append(
                 AuditEvent(
                     event="operator_action",
-                    actor=actor or f"os:{getpass.getuser()}",
+                    actor=actor,
                     outcome="ok",
                     code="CERT_ROTATED",
                     reason=f"successor signing certificate {rotation.new_cert.name} issued",
@@ -337,9 +473,119 @@ def _audit_rotation(config_path: Path, actor: str | None, rotation: certs_mod.Ro
                         "action": "certificate_rotation",
                         "old_pin": rotation.old_pin,
                         "new_pin": rotation.new_pin,
+                        "old_cert_sha256": certs_mod.cert_sha256(old),
+                        "new_cert_sha256": certs_mod.cert_sha256(new),
+                        "new_serial": certs_mod.serial_hex(new.serial_number),
                         "overlap_until": f"{rotation.overlap_until:%Y-%m-%d}",
                     },
                 )
+            )
+            return (await audit.append_many(events))[-1]
+        finally:
+            await audit.close()
+
+    return asyncio.run(record())
+
+
+@certs.command("fetch-crl")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Gateway configuration [default: $MAAGW_CONFIG, then config/gateway.toml].",
+)
+@click.option("--partner", "partner_ids", multiple=True, help="Only this partner (repeatable).")
+@click.option("--actor", default=None, help="Who fetches (default: os:<user>).")
+@_one_line_errors
+def fetch_crl_cmd(
+    config_path: Path | None, partner_ids: tuple[str, ...], actor: str | None
+) -> None:
+    """Fetch partners' CRLs now and write the newer ones to their crl files.
+
+    What the gateway does on its own every [crl] fetch_interval_seconds; for a CRL
+    that went stale while the gateway was down (it refuses to load one). A running
+    gateway puts the new files in force within [crl] check_seconds (or `maagw reload`).
+    Exit 1 when a fetch failed (the old CRL file is kept).
+    """
+    import asyncio
+
+    from gateway import crl
+    from gateway.config import load_settings
+    from gateway.tls import TrustStore
+
+    settings = load_settings(config_path or _default_config())
+    unknown = sorted(set(partner_ids) - set(settings.partners))
+    if unknown:
+        raise ConfigError(f"unknown partner(s): {', '.join(unknown)}", code="CONFIG_PARTNER_ID")
+    chosen = {p: settings.partners[p] for p in partner_ids or sorted(settings.partners)}
+    trust = TrustStore(chosen, allow_stale_crl=True)
+
+    async def fetch_all() -> list[crl.Fetched]:
+        return [
+            await crl.fetch(
+                partner,
+                trust.partners[pid],
+                timeout=settings.crl.fetch_timeout_seconds,
+                max_bytes=settings.crl.max_bytes,
+            )
+            for pid, partner in chosen.items()
+            if trust.partners[pid].crl_path is not None
+        ]
+
+    results = asyncio.run(fetch_all())
+    failed = False
+    installed = []
+    for result in results:
+        path = trust.partners[result.partner].crl_path
+        if result.error is not None:
+            failed = True
+            click.echo(f"{result.partner}: {result.error} (kept {path})", err=True)
+        elif result.write_error is not None:
+            failed = True
+            click.echo(f"{result.partner}: cannot write {result.write_error}", err=True)
+        elif result.changed and result.crl is not None:
+            about = crl.describe(result.crl)
+            installed.append((result, about))
+            click.echo(str(path))
+            click.echo(
+                f"{result.partner}: CRL number {about['crl_number']}, nextUpdate "
+                f"{about['next_update']}, {about['revoked']} revoked, from {result.url}",
+                err=True,
+            )
+        else:
+            click.echo(f"{result.partner}: unchanged ({result.url})", err=True)
+    if not results:
+        click.echo("no partner has a crl file to keep current", err=True)
+    if installed:
+        _audit_crl_fetch(settings, actor or f"os:{getpass.getuser()}", installed)
+    if failed:
+        sys.exit(1)
+
+
+def _audit_crl_fetch(
+    settings: Settings, actor: str, installed: list[tuple[Any, dict[str, object]]]
+) -> None:
+    import asyncio
+
+    from gateway.audit import AuditEvent, AuditLog
+
+    async def record() -> None:
+        audit = await AuditLog.open(settings.audit_url, gateway_id=settings.gateway_id)
+        try:
+            await audit.append_many(
+                [
+                    AuditEvent(
+                        event="operator_action",
+                        partner=result.partner,
+                        actor=actor,
+                        outcome="ok",
+                        code="CRL_FETCHED",
+                        reason=f"CRL of {result.partner} fetched by the operator",
+                        details={"action": "crl_fetch", "source": result.url, **about},
+                    )
+                    for result, about in installed
+                ]
             )
         finally:
             await audit.close()

@@ -20,8 +20,8 @@ from typing import ParamSpec, TypeVar
 import click
 from cryptography import x509
 
+from gateway import certs, signing, xmlsafe
 from gateway import envelope as envelope_mod
-from gateway import signing, xmlsafe
 from gateway.errors import ConfigError, GatewayError
 
 P = ParamSpec("P")
@@ -109,7 +109,7 @@ def verify(cert_paths: tuple[Path, ...], profile: str, file: Path) -> None:
         profile="interop" if profile == "interop" else "strict",
     )
     subject = verified.signer.subject.rfc4514_string()
-    click.echo(f"signer: {subject} {signing.cert_fingerprint(verified.signer)}")
+    click.echo(f"signer: {subject} {certs.cert_labels(verified.signer)}")
 
 
 @envelope.command()
@@ -137,7 +137,7 @@ def inspect(cert_paths: tuple[Path, ...], profile: str, file: Path) -> None:
         root = verified.root
         click.echo(
             f"signer: {verified.signer.subject.rfc4514_string()} "
-            f"{signing.cert_fingerprint(verified.signer)}"
+            f"{certs.cert_labels(verified.signer)}"
         )
     else:
         root = xmlsafe.parse(data)

@@ -10,15 +10,19 @@ file's directory. Environment variables ``MAAGW_*`` override the main file (see
 from __future__ import annotations
 
 import os
+import socket
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+import structlog
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from gateway.errors import ConfigError
 from gateway.policy import Agreement, load_agreements
+
+log = structlog.get_logger(__name__)
 
 DEFAULT_CONFIG = Path("config/gateway.toml")
 
@@ -47,6 +51,9 @@ class GatewaySection(_Model):
     state_dir: Path = Path("state")
     #: build every adapter's schemas at start (an NCTS XSD 1.1 takes over a second)
     preload_schemas: bool = True
+    #: this gateway instance's name among several of one administration (claims carry it);
+    #: default: the host name and the partner port
+    instance_id: str = Field(default="", max_length=128)
 
 
 class ListenSection(_Model):
@@ -54,6 +61,20 @@ class ListenSection(_Model):
     port: int = Field(default=8443, ge=0, le=65535)
     max_body_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
     max_depth: int = Field(default=64, gt=0)
+    # bounds on authenticated connections (docs/partner-api.md, "Connections"); the
+    # caps hold per process (each `serve --workers` process has its own)
+    #: seconds from a request's first byte to the end of its head (nginx: client_header_timeout)
+    header_timeout: float = Field(default=10.0, gt=0, le=3600)
+    #: seconds for a whole request body, from the end of its head
+    body_timeout: float = Field(default=60.0, gt=0, le=3600)
+    #: seconds a connection may wait for its next request (longer than the partners'
+    #: client keep-alive, 60 s in gateway/delivery.py, so that the client closes first)
+    idle_timeout: float = Field(default=75.0, gt=0, le=3600)
+    #: open partner connections, TLS handshakes included (bounds the memory they hold)
+    max_connections: int = Field(default=1024, gt=0)
+    max_connections_per_partner: int = Field(default=64, gt=0)
+    #: requests of one partner being handled at once; more get 503 with Retry-After
+    max_requests_per_partner: int = Field(default=32, gt=0)
 
 
 class AdminSection(_Model):
@@ -92,6 +113,21 @@ class AuditSection(_Model):
     url: str = "audit.db"
 
 
+class CrlSection(_Model):
+    """How the gateway keeps partners' CRLs current (docs/trust.md)."""
+
+    #: warn (log, readiness detail, ``certs list``) this long before a CRL's nextUpdate
+    warning_days: float = Field(default=2.0, ge=0)
+    #: fetch each partner's CRL from its distribution point this often
+    fetch_interval_seconds: float = Field(default=3600.0, gt=0)
+    #: one fetch may take at most this long
+    fetch_timeout_seconds: float = Field(default=10.0, gt=0)
+    #: a larger answer is refused
+    max_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
+    #: how often the CRL watch looks at nextUpdate, the CRL files and due fetches
+    check_seconds: float = Field(default=300.0, gt=0)
+
+
 class BackOfficeSection(_Model):
     #: the adapter the back office wants inbound messages in
     inbound_format: str = "maa-xml"
@@ -100,8 +136,12 @@ class BackOfficeSection(_Model):
 class DeliverySection(_Model):
     timeout: float = Field(default=15.0, gt=0)
     concurrency: int = Field(default=8, gt=0, le=256)
-    max_attempts: int = Field(default=8, gt=0)
+    #: a message is retried until it is this old, when its agreement does not say
+    max_age_seconds: float = Field(default=86400.0, gt=0)
+    #: obsolete (retries end at the age limit, never after a count); accepted and ignored
+    max_attempts: int | None = Field(default=None, gt=0)
     backoff_initial: float = Field(default=1.0, gt=0)
+    #: the longest pause between two attempts (each pause is jittered below it)
     backoff_max: float = Field(default=300.0, gt=0)
 
 
@@ -115,6 +155,7 @@ class GatewayFile(_Model):
     audit: AuditSection = AuditSection()
     back_office: BackOfficeSection = BackOfficeSection()
     delivery: DeliverySection = DeliverySection()
+    crl: CrlSection = CrlSection()
     partners_dir: Path = Path("partners")
     agreements_dir: Path = Path("agreements")
 
@@ -131,6 +172,9 @@ class Partner(_Model):
     signing_certs: tuple[Path, ...] = ()
     crl: Path | None = None
     crl_stale: Literal["refuse", "warn"] = "refuse"
+    #: where the gateway fetches the CRL (http or https); default: the CRL distribution
+    #: point in the partner's signing or CA certificates
+    crl_url: str = ""
     #: envelopes per request on this link (1 = one by one, for partners without batching)
     batch_max: int = Field(default=1, ge=1, le=1000)
     #: how long the sender gathers a batch
@@ -151,6 +195,19 @@ class Partner(_Model):
     def _empty_is_none(cls, value: object) -> object:
         return None if value == "" else value
 
+    @field_validator("crl_url")
+    @classmethod
+    def _crl_url_is_http(cls, url: str) -> str:
+        if url and not url.lower().startswith(("http://", "https://")):
+            raise ValueError(f"{url!r} is not an http:// or https:// URL")
+        return url
+
+    @model_validator(mode="after")
+    def _crl_url_needs_a_file(self) -> Partner:
+        if self.crl_url and self.crl is None:
+            raise ValueError("crl_url needs crl: the file the gateway keeps the fetched CRL in")
+        return self
+
 
 class Settings(_Model):
     """Everything the gateway reads from configuration, validated and resolved."""
@@ -160,6 +217,7 @@ class Settings(_Model):
     name: str
     state_dir: Path
     preload_schemas: bool
+    instance_id: str
     partner_api: ListenSection
     admin: AdminSection
     tls: TlsSection
@@ -168,6 +226,7 @@ class Settings(_Model):
     audit_url: str
     back_office: BackOfficeSection
     delivery: DeliverySection
+    crl: CrlSection = CrlSection()
     partners: Mapping[str, Partner]
     agreements: Mapping[str, Agreement]
 
@@ -203,6 +262,7 @@ def load_settings(
             f"{partners_dir / (main.gateway.id + '.toml')}: id: this gateway's own id"
         )
     agreements = load_agreements(agreements_dir) if agreements_dir.is_dir() else {}
+    _warn_obsolete(path, main, agreements)
     state_dir = _resolve(base, main.gateway.state_dir)
     return Settings(
         path=path,
@@ -210,6 +270,7 @@ def load_settings(
         name=main.gateway.name or main.gateway.id,
         state_dir=state_dir,
         preload_schemas=main.gateway.preload_schemas,
+        instance_id=main.gateway.instance_id or f"{socket.gethostname()}:{main.partner_api.port}",
         partner_api=main.partner_api,
         admin=main.admin.model_copy(
             update={"token_file": _resolve(base, main.admin.token_file)}
@@ -222,9 +283,27 @@ def load_settings(
         audit_url=_audit_url(main.audit.url, state_dir),
         back_office=main.back_office,
         delivery=main.delivery,
+        crl=main.crl,
         partners=partners,
         agreements=agreements,
     )
+
+
+def _warn_obsolete(path: Path, main: GatewayFile, agreements: Mapping[str, Agreement]) -> None:
+    """Say so when a file still sets a key that no longer has an effect."""
+    where = [f"{path}: delivery.max_attempts"] if main.delivery.max_attempts is not None else []
+    where += [
+        f"agreement {a.id}: delivery.max_attempts"
+        for a in agreements.values()
+        if a.delivery.max_attempts is not None
+    ]
+    for key in where:
+        log.warning(
+            "config_key_obsolete",
+            key=key,
+            reason="ignored: a message is retried until its age limit (max_age_seconds), "
+            "never dead-lettered after a number of attempts",
+        )
 
 
 def load_partners(directory: Path) -> dict[str, Partner]:

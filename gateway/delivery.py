@@ -26,13 +26,24 @@ MESSAGES_PATH = "/v1/messages"
 #: statuses after which the sender tries again later; any other answer is final
 RETRYABLE_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 
+#: the code a retryable status is reported under: the partner's "not now" is not a fault
+STATUS_CODES = {429: "DELIVERY_THROTTLED", 503: "DELIVERY_RETRY_LATER"}
+
 
 @dataclass(frozen=True, slots=True)
 class Answer:
-    """A partner gateway's answer to a POST: its status and the (signed) receipt bytes."""
+    """A partner gateway's answer to a POST: its status and the (signed) receipt bytes.
+
+    ``retry_after``: the partner's Retry-After, which a batch answer carries when some of
+    its envelopes were left out of the receipt list (to be sent again later).
+    """
 
     status: int
     body: bytes
+    retry_after: float | None = None
+    #: the server certificate could not be checked (the partner's CRL is past its
+    #: nextUpdate): the answer arrived, but what it says cannot be relied on
+    server_problem: AuthError | None = None
 
 
 class PartnerClient:
@@ -89,17 +100,27 @@ class PartnerClient:
                 headers={"Content-Type": content_type},
                 server_hostname=partner.server_name or None,
             ) as resp:
-                self._check_server(partner_id, resp)
+                server_problem = None
+                try:
+                    self._check_server(partner_id, resp)
+                except AuthError as exc:
+                    if exc.code != "AUTH_CRL_STALE":
+                        raise
+                    # the request is out and answered: keep the answer, unverified (a stale
+                    # CRL is our trust material's fault, not proof against the partner)
+                    server_problem = exc
                 data = await resp.read()
+                retry_after = _retry_after(resp.headers.get("Retry-After"))
                 if resp.status in RETRYABLE_STATUSES:
                     raise DeliveryError(
-                        f"{partner_id} answered {resp.status}",
-                        code=f"DELIVERY_HTTP_{resp.status}",
+                        f"{partner_id} answered {resp.status} {resp.reason or ''}".strip()
+                        + (f", retry after {retry_after:g} s" if retry_after else ""),
+                        code=STATUS_CODES.get(resp.status, f"DELIVERY_HTTP_{resp.status}"),
                         retryable=True,
-                        retry_after=_retry_after(resp.headers.get("Retry-After")),
+                        retry_after=retry_after,
                         partner=partner_id,
                     )
-                return Answer(resp.status, data)
+                return Answer(resp.status, data, retry_after, server_problem)
         except AuthError as exc:
             raise DeliveryError(
                 exc.reason, code=exc.code, retryable=True, partner=partner_id

@@ -8,6 +8,7 @@ as keyword arguments::
     ├── ConfigError          CONFIG_*     bad or missing configuration (CLI exit 2)
     ├── AuthError            AUTH_*       TLS identity, pins, revocation, sender mismatch
     ├── EnvelopeError        XML_UNSAFE, SCHEMA_INVALID, SIZE_LIMIT, ENVELOPE_*
+    ├── ProtocolError        HTTP_*, CONN_*  a request or connection outside the partner API's HTTP
     ├── SignatureError       SIG_*        missing, invalid, algorithm, profile, wrapping …
     ├── PolicyViolation      POLICY_*     the agreement does not allow this message
     ├── AdapterError         TRANSLATE_*  decode / encode / schema of a payload format
@@ -15,6 +16,7 @@ as keyword arguments::
     │   └── EncodeError
     ├── RelayError           RELAY_*      broker unavailable, publish not confirmed
     ├── DeliveryError        DELIVERY_*   partner unreachable or answered badly
+    ├── CrlError             CRL_*        a partner's CRL could not be fetched or is unusable
     └── AuditError           AUDIT_*      the exchange log cannot be written or read
 
 A bug stays a built-in error; only conditions the gateway anticipates become
@@ -60,6 +62,12 @@ class EnvelopeError(GatewayError):
     default_code = "SCHEMA_INVALID"
 
 
+class ProtocolError(GatewayError):
+    """HTTP the partner API does not take: framing, codings, media type, timeouts, caps."""
+
+    default_code = "HTTP_MALFORMED"
+
+
 class SignatureError(GatewayError):
     """An XML signature that is missing, invalid or outside the gateway's profile."""
 
@@ -102,10 +110,24 @@ class DeliveryError(GatewayError):
     default_code = "DELIVERY_FAILED"
 
     def __init__(
-        self, reason: str, *, code: str | None = None, retryable: bool = True, **context: Any
+        self,
+        reason: str,
+        *,
+        code: str | None = None,
+        retryable: bool = True,
+        retry_after: float | None = None,
+        **context: Any,
     ) -> None:
         super().__init__(reason, code=code, **context)
         self.retryable = retryable
+        #: how long the partner asked us to wait (its Retry-After), if it said
+        self.retry_after = retry_after
+
+
+class CrlError(GatewayError):
+    """A partner's CRL could not be fetched, or the fetched one is unusable (the old stays)."""
+
+    default_code = "CRL_FETCH_FAILED"
 
 
 class AuditError(GatewayError):
@@ -121,6 +143,12 @@ HTTP_STATUS: dict[str, int] = {
     "XML_UNSAFE": 400,
     "SCHEMA_INVALID": 400,
     "ENVELOPE_": 400,
+    "HTTP_": 400,
+    "HTTP_HEADER_TIMEOUT": 408,
+    "HTTP_BODY_TIMEOUT": 408,
+    "HTTP_CONTENT_": 415,
+    "HTTP_TRANSFER_ENCODING": 501,
+    "HTTP_REQUESTS_LIMIT": 503,
     "SIG_": 400,
     "POLICY_RATE": 429,
     "POLICY_": 403,

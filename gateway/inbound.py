@@ -23,6 +23,7 @@ import contextlib
 import dataclasses
 import hashlib
 import time
+from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -31,11 +32,12 @@ from aiohttp import web
 from lxml import etree
 
 import adapters
-from gateway import envelope, signing, xmlsafe
+from gateway import envelope, signing, strict_http, xmlsafe
 from gateway.audit import AuditEvent
 from gateway.envelope import Envelope, ReceiptEntry
 from gateway.errors import (
     AdapterError,
+    AuditError,
     AuthError,
     EnvelopeError,
     GatewayError,
@@ -44,6 +46,7 @@ from gateway.errors import (
     SignatureError,
     http_status,
 )
+from gateway.guard import BODY_TIMEOUT, GUARD, LINGER_SECONDS
 from gateway.policy import PolicyRequest, evaluate, find_agreement
 from gateway.runtime import (
     DUPLICATE_RETENTION_SECONDS,
@@ -52,6 +55,7 @@ from gateway.runtime import (
     canonical,
     hexdigest,
 )
+from gateway.store import StoreError
 from gateway.tls import peer_der
 
 log = structlog.get_logger(__name__)
@@ -62,8 +66,8 @@ EMPTY_DIGEST = "sha256:" + hashlib.sha256(b"").hexdigest()
 RETRY_AFTER_SECONDS = 5.0
 #: bytes read from the body at a time
 READ_CHUNK = 64 * 1024
-#: how long the rest of a refused, over-long body is read and dropped before closing
-LINGER_SECONDS = 2.0
+#: seconds between two audit entries of one partner's refusal allowance being used up
+AUDIT_OVER_ALLOWANCE_EVERY = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +87,48 @@ class InboundPipeline:
 
     def __init__(self, runtime: Runtime) -> None:
         self.rt = runtime
+        #: partner -> when its refusal allowance was last found used up (and audited)
+        self._over_allowance: dict[str, float] = {}
+
+    async def receive(self, partner: str, body: bytes) -> Outcome:
+        """Process one envelope if the partner's refusal allowance has room, else a 429."""
+        waiting = self.over_allowance(partner)
+        return waiting if waiting is not None else await self.process(partner, body)
+
+    def over_allowance(self, partner: str) -> Outcome | None:
+        """A 429 while ``partner`` has used up its allowance of refused messages, else None.
+
+        Checked before an envelope costs any work. A 429 is logged (warning) and audited
+        (``POLICY_RATE_REFUSALS``) at most once a minute per partner, the others only
+        logged at debug: a partner spraying junk cannot flood the audit log either.
+        """
+        rt = self.rt
+        now = time.monotonic()
+        wait = rt.limiter.refusal_wait(rt.settings.agreements, partner, rt.gateway_id, now)
+        if wait <= 0:
+            return None
+        events: tuple[AuditEvent, ...] = ()
+        last = self._over_allowance.get(partner)
+        if last is not None and now - last < AUDIT_OVER_ALLOWANCE_EVERY:
+            log.debug("refused_over_allowance", partner=partner, retry_after=wait)
+        else:
+            self._over_allowance[partner] = now
+            reason = (
+                f"{partner} made this gateway refuse as many messages as its agreements let it "
+                "send; its requests are answered 429 until the allowance refills"
+            )
+            log.warning("refusal_allowance_used_up", partner=partner, retry_after=wait)
+            events = (
+                AuditEvent(
+                    event="policy_decision",
+                    direction="inbound",
+                    partner=partner,
+                    outcome="deny",
+                    code="POLICY_RATE_REFUSALS",
+                    reason=reason,
+                ),
+            )
+        return Outcome(429, None, retry_after=max(1.0, wait), events=events)
 
     async def process(self, partner: str, body: bytes) -> Outcome:
         """Process one envelope; never raises for bad input."""
@@ -119,8 +165,11 @@ class InboundPipeline:
         except (EnvelopeError, SignatureError, AuthError, PolicyViolation, AdapterError) as exc:
             return await self.refuse(partner, message_id, digest, env, exc)
         except GatewayError as exc:
-            # the gateway's own state (store, audit, broker) failed: the sender retries
-            log.warning("inbound_unavailable", code=exc.code, reason=exc.reason)
+            # the gateway's own state (store, audit, broker) failed: the sender retries. A
+            # store failure is logged once per episode by the store's health (error level)
+            (log.warning if isinstance(exc, RelayError) else log.debug)(
+                "inbound_unavailable", code=exc.code, reason=exc.reason
+            )
             return Outcome(503, None, retry_after=RETRY_AFTER_SECONDS)
 
     def _check_header(self, partner: str, env: Envelope) -> None:
@@ -178,6 +227,13 @@ class InboundPipeline:
                 ),
             )
         if claim.outcome == "in_flight":
+            # another request (or a process that died, until its claim goes stale) is
+            # publishing this id right now
+            log.warning(
+                "claim_in_flight",
+                partner=partner,
+                hint="answered 503; the sender tries again later",
+            )
             return Outcome(503, None, retry_after=RETRY_AFTER_SECONDS)
         try:
             return await self._publish(partner, env, verified, digest, claim.possible_duplicate)
@@ -271,13 +327,20 @@ class InboundPipeline:
                 partner, head.message_id, uncertain=exc.code == "RELAY_UNCONFIRMED"
             )
             return Outcome(503, None, retry_after=RETRY_AFTER_SECONDS)
-        if head.message_type == "maa.request":
-            await rt.store.remember_request(head.agreement, partner, head.message_id)
+        try:
+            if head.message_type == "maa.request":
+                await rt.store.remember_request(head.agreement, partner, head.message_id)
+            retention = agreement.retention_days if agreement else 3650
+            await rt.audit.store_evidence(
+                hexdigest(verified.digest), "envelope", verified.evidence, retention
+            )
+        except BaseException:
+            # published already: the sender's retry must be published marked as a possible
+            # duplicate (the release without the mark in _accept then finds nothing to do)
+            with contextlib.suppress(GatewayError):
+                await rt.store.release(partner, head.message_id, uncertain=True)
+            raise
         entry = ReceiptEntry(head.message_id, digest, "accepted")
-        retention = agreement.retention_days if agreement else 3650
-        await rt.audit.store_evidence(
-            hexdigest(verified.digest), "envelope", verified.evidence, retention
-        )
         log.info("message_published", partner=partner, type=head.message_type)
         return Outcome(
             200,
@@ -306,7 +369,11 @@ class InboundPipeline:
             code=exc.code,
             reason=exc.reason,
         )
-        log.info("message_rejected", partner=partner, code=exc.code, reason=exc.reason)
+        log.warning("message_rejected", partner=partner, code=exc.code, reason=exc.reason)
+        # a refusal costs the partner's refusal allowance (RateLimiter.refused)
+        self.rt.limiter.refused(
+            self.rt.settings.agreements, partner, self.rt.gateway_id, time.monotonic()
+        )
         entry = ReceiptEntry(message_id, digest, "rejected", code=exc.code, reason=exc.reason)
         return Outcome(http_status(exc.code), entry, events=(rejected,))
 
@@ -317,11 +384,41 @@ class InboundPipeline:
     async def answer_many(
         self, partner: str, outcomes: list[Outcome], *, batch: bool = True
     ) -> web.Response:
+        """Answer (see ``_answer_many``); 503 when the audit log or the state store fails.
+
+        No receipt without its audit entries: the sender tries again later. What was
+        published already is then published again, marked as a possible duplicate.
+        """
+        try:
+            return await self._answer_many(partner, outcomes, batch=batch)
+        except (StoreError, AuditError) as exc:
+            log.debug("inbound_unavailable", code=exc.code, reason=exc.reason)
+            for outcome in outcomes:
+                entry = outcome.entry
+                if outcome.sender is not None and entry is not None:
+                    with contextlib.suppress(GatewayError):
+                        await self.rt.store.release(
+                            outcome.sender, entry.message_id, uncertain=True
+                        )
+            return web.Response(
+                status=503,
+                headers={"Retry-After": str(int(RETRY_AFTER_SECONDS))},
+                text="try again later\n",
+            )
+
+    async def _answer_many(
+        self, partner: str, outcomes: list[Outcome], *, batch: bool = True
+    ) -> web.Response:
         """Sign one receipt list for every final outcome, keep it, audit, answer.
 
         Outcomes without an entry (503, 429: try again later) are left out of the
         list, so the sender retries exactly those. A batch is answered 200 when the
         list has at least one entry; otherwise with the first outcome's status.
+
+        In a batch, the refused envelopes are audited together, as one ``rejected``
+        entry (code ``BATCH_REFUSED``) that names the receipt list and lists each one's
+        message id, digest and code (the reasons are in the receipt, kept as evidence):
+        a batch of junk costs one entry, not two per part.
         """
         rt = self.rt
         final = [o for o in outcomes if o.entry is not None]
@@ -344,9 +441,13 @@ class InboundPipeline:
         evidence, receipt_digest = canonical(receipt)
         await rt.audit.store_evidence(receipt_digest, "receipt", evidence, 3650)
         events: list[AuditEvent] = [e for o in later for e in o.events]
+        refused: list[ReceiptEntry] = []
         for outcome in final:
             entry = outcome.entry
             assert entry is not None
+            if batch and entry.status == "rejected":
+                refused.append(entry)
+                continue
             first = outcome.events[0] if outcome.events else None
             events += outcome.events
             events.append(
@@ -365,6 +466,10 @@ class InboundPipeline:
                     reason=entry.reason,
                     details={"receipt_id": receipt_id, "entries": len(entries)},
                 )
+            )
+        if refused:
+            events.append(
+                _batch_refusals(partner, refused, receipt_id, receipt_digest, len(outcomes))
             )
         await rt.record(*events)
         for outcome in final:
@@ -403,6 +508,32 @@ class InboundPipeline:
         )
 
 
+def _batch_refusals(
+    partner: str, refused: list[ReceiptEntry], receipt_id: str, receipt_digest: str, parts: int
+) -> AuditEvent:
+    """The one audit entry for every refused envelope of a batch."""
+    codes = Counter(e.code or "-" for e in refused)
+    summary = ", ".join(f"{code} {count}" for code, count in sorted(codes.items()))
+    return AuditEvent(
+        event="rejected",
+        direction="inbound",
+        partner=partner,
+        receipt_digest=receipt_digest,
+        outcome="refused",
+        code="BATCH_REFUSED",
+        reason=f"{len(refused)} of the {parts} envelopes of a batch refused ({summary})",
+        details={
+            "receipt_id": receipt_id,
+            "parts": parts,
+            "codes": dict(codes),
+            "refused": [
+                {"message_id": e.message_id, "digest": hexdigest(e.digest), "code": e.code}
+                for e in refused
+            ],
+        },
+    )
+
+
 def _peek_created(root: etree._Element) -> datetime | None:
     """The envelope's creation time if it is readable and inside the replay window."""
     el = root.find(f"{{{envelope.NS}}}Header/{{{envelope.NS}}}Created")
@@ -432,7 +563,12 @@ def _str(value: object) -> str | None:
 
 
 async def handle_messages(request: web.Request) -> web.Response:
-    """``POST /v1/messages``: one signed envelope in, one signed receipt out."""
+    """``POST /v1/messages``: one signed envelope (or a batch) in, one signed receipt out.
+
+    Before the body is read: the partner's refusal allowance (429 while it is used up)
+    and the form of the request (``strict_http.check_request``); the body is read
+    within ``body_timeout`` (else the connection is closed, ``HTTP_BODY_TIMEOUT``).
+    """
     rt: Runtime = request.app[RUNTIME]
     pipeline: InboundPipeline = request.app[PIPELINE]
     ssl_object = request.transport.get_extra_info("ssl_object") if request.transport else None
@@ -442,19 +578,35 @@ async def handle_messages(request: web.Request) -> web.Response:
         # the connection gate closes such connections before any request; belt and braces
         raise web.HTTPForbidden() from None
     structlog.contextvars.bind_contextvars(partner=partner)
-    limit = rt.settings.partner_api.max_body_bytes
-    body = await read_body(request, limit)
+    waiting = pipeline.over_allowance(partner)
+    if waiting is not None:
+        return await answer_and_close(request, await pipeline.answer(partner, waiting))
+    problem = strict_http.check_request(request)
+    if problem is not None:
+        outcome = await pipeline.refuse(partner, "-", EMPTY_DIGEST, None, problem)
+        return await answer_and_close(request, await pipeline.answer(partner, outcome))
+    limits = rt.settings.partner_api
+    limit = limits.max_body_bytes
+    try:
+        body = await read_body(request, limit, timeout=limits.body_timeout)
+    except TimeoutError:
+        reason = f"request body not complete within {limits.body_timeout:g} s"
+        request.app[GUARD].close(request.transport, BODY_TIMEOUT, reason)
+        return web.Response(status=408)  # never sent: the connection is closed
     if body is None:
+        # bodies are never inflated (strict_http): the size refused is the size sent
+        declared = request.content_length
+        size = (
+            f"{declared} bytes (its Content-Length)"
+            if declared is not None and declared > limit
+            else f"more than {limit} bytes"
+        )
         outcome = await pipeline.refuse(
             partner,
             "-",
             EMPTY_DIGEST,
             None,
-            EnvelopeError(
-                f"body of {request.content_length or 'more than ' + str(limit)} bytes "
-                f"exceeds the limit of {limit} bytes",
-                code="SIZE_LIMIT",
-            ),
+            EnvelopeError(f"body of {size} exceeds the limit of {limit} bytes", code="SIZE_LIMIT"),
         )
         return await answer_and_close(request, await pipeline.answer(partner, outcome))
     if request.content_type == "multipart/mixed":
@@ -463,9 +615,9 @@ async def handle_messages(request: web.Request) -> web.Response:
         except EnvelopeError as exc:
             outcome = await pipeline.refuse(partner, "-", EMPTY_DIGEST, None, exc)
             return await pipeline.answer(partner, outcome)
-        outcomes = await asyncio.gather(*(pipeline.process(partner, part) for part in parts))
+        outcomes = await asyncio.gather(*(pipeline.receive(partner, part) for part in parts))
         return await pipeline.answer_many(partner, list(outcomes))
-    outcome = await pipeline.process(partner, body)
+    outcome = await pipeline.receive(partner, body)
     return await pipeline.answer(partner, outcome)
 
 
@@ -519,23 +671,27 @@ async def answer_and_close(request: web.Request, response: web.Response) -> web.
     return response
 
 
-async def read_body(request: web.BaseRequest, limit: int) -> bytes | None:
+async def read_body(
+    request: web.BaseRequest, limit: int, *, timeout: float | None = None
+) -> bytes | None:
     """The request body, or None as soon as it is known to exceed ``limit`` bytes.
 
     A declared ``Content-Length`` over the limit is refused before a byte of the
     body is read; a chunked body is read piecewise and refused once it passes the
     limit, so at most ``limit`` bytes are ever held. (aiohttp's ``client_max_size``
-    applies only to ``request.read()``, which is not used here.)
+    applies only to ``request.read()``, which is not used here.) Raises
+    ``TimeoutError`` when the body is not whole within ``timeout`` seconds.
     """
     if request.content_length is not None and request.content_length > limit:
         return None
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.content.iter_chunked(READ_CHUNK):
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
+    async with asyncio.timeout(timeout):
+        async for chunk in request.content.iter_chunked(READ_CHUNK):
+            size += len(chunk)
+            if size > limit:
+                return None
+            chunks.append(chunk)
     return b"".join(chunks)
 
 

@@ -16,8 +16,19 @@ For each message on ``maagw.outbound.<partner>``:
 
 A refusal (policy, translation, a rejection receipt) dead-letters the message
 with its reason; a transient failure schedules a retry on a delay queue
-(exponential backoff) and acknowledges only once that copy is confirmed; past
-the last attempt the message is dead-lettered with a ``failed`` event.
+(exponential backoff with jitter, capped) and acknowledges only once that copy is
+confirmed. A message is retried until it reaches its age limit (the agreement's
+``max_age_seconds``, else ``[delivery] max_age_seconds``); only then is it
+dead-lettered with a ``failed`` event. A receipt that says "accepted" but cannot be
+verified (the partner's CRL is stale, its signing certificate unknown) is kept as
+evidence and reported as ``unverified_receipt``, never as a silent dead letter.
+
+Every delivery ends settled: a state store or audit log that fails puts the message
+on a short delay queue (the stores' health logs the episode once and turns readiness
+false); the broker refusing a publish returns the message to its queue after a
+pause; anything unexpected (a bug) is retried a few times, then dead-lettered with
+``GATEWAY_INTERNAL``; and a message a callback left unsettled is returned to its
+queue.
 """
 
 from __future__ import annotations
@@ -38,6 +49,8 @@ from gateway.audit import AuditEvent
 from gateway.envelope import Header
 from gateway.errors import (
     AdapterError,
+    AuditError,
+    AuthError,
     DeliveryError,
     EnvelopeError,
     GatewayError,
@@ -48,11 +61,24 @@ from gateway.errors import (
 from gateway.policy import Agreement, PolicyRequest, apply_redactions, evaluate, find_agreement
 from gateway.relay import delay_for
 from gateway.runtime import Runtime, canonical, hexdigest
+from gateway.store import StoreError
 
 log = structlog.get_logger(__name__)
 
 REPLY_TYPES = frozenset({"maa.reply", "maa.refusal"})
 ATTEMPT_HEADER = "x-maagw-attempt"
+#: how often an unexpected failure (a bug) has hit this message
+INTERNAL_HEADER = "x-maagw-internal-failures"
+#: unexpected failures of one message before it is dead-lettered (GATEWAY_INTERNAL)
+MAX_INTERNAL_FAILURES = 5
+#: the delay queue a message waits in while the state store or the audit log fails
+STORE_RETRY_SECONDS = 5
+#: how long a message waits for a failing store to come back before it is put aside
+STORE_WAIT_SECONDS = 2.0
+#: pause before a message the broker would not take is returned to its queue
+REQUEUE_PAUSE_SECONDS = 1.0
+#: receipt statuses that say the partner has the message
+DELIVERED = frozenset({"accepted", "duplicate"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,11 +122,27 @@ class Outgoing:
 
 @dataclass(frozen=True, slots=True)
 class VerifiedReceipt:
-    """A partner's receipt list whose signature held, with its evidence form."""
+    """A partner's receipt list with its evidence form.
+
+    ``problem`` is None when the signature held against the partner's pinned signing
+    certificates; otherwise it says why it did not (the list was read unverified).
+    ``retry_after`` is the partner's Retry-After for envelopes it left out of the list.
+    """
 
     receipt: envelope.Receipt
     evidence: bytes
     digest: str
+    problem: GatewayError | None = None
+    retry_after: float | None = None
+
+
+class UnverifiedReceipt(Exception):
+    """The partner says it has the message, but its receipt did not verify."""
+
+    def __init__(self, verified: VerifiedReceipt, entry: envelope.ReceiptEntry) -> None:
+        super().__init__(str(verified.problem))
+        self.verified = verified
+        self.entry = entry
 
 
 class Batcher:
@@ -188,15 +230,28 @@ class OutboundPipeline:
             answer = await rt.client.post_batch(partner, envelopes)
         try:
             root = xmlsafe.parse(answer.body)
+        except GatewayError as exc:
+            raise _bad_receipt(answer.status, partner, exc) from exc
+        try:
+            if answer.server_problem is not None:
+                raise answer.server_problem
             verified = signing.verify(root, rt.trust.signing_certs(partner))
             receipt = envelope.parse_receipt(verified.root)
+        except (SignatureError, AuthError) as exc:
+            # not verifiable with what we trust (a stale CRL, an unknown or broken signature):
+            # read it unverified, so that a partner who has the message is not sent it again
+            # and again, and the message is not reported failed (see UnverifiedReceipt)
+            try:
+                unverified = envelope.parse_receipt(root)
+            except GatewayError:
+                raise _bad_receipt(answer.status, partner, exc) from exc
+            evidence, digest = canonical(root)
+            return VerifiedReceipt(unverified, evidence, digest, exc, answer.retry_after)
         except GatewayError as exc:
-            raise DeliveryError(
-                f"answer {answer.status} from {partner} is not a valid signed receipt: "
-                f"{exc.code}: {exc.reason}",
-                code="DELIVERY_BAD_RECEIPT",
-            ) from exc
-        return VerifiedReceipt(receipt, verified.evidence, hexdigest(verified.digest))
+            raise _bad_receipt(answer.status, partner, exc) from exc
+        return VerifiedReceipt(
+            receipt, verified.evidence, hexdigest(verified.digest), None, answer.retry_after
+        )
 
     def handler(self, partner: str) -> Any:
         """The consumer callback for one partner's queue."""
@@ -213,6 +268,8 @@ class OutboundPipeline:
             finally:
                 if task is not None:
                     self._inflight.discard(task)
+                if not message.processed:
+                    await _give_back(message, "the delivery ended unsettled")
 
         return on_message
 
@@ -225,7 +282,25 @@ class OutboundPipeline:
         return len(still)
 
     async def handle(self, partner: str, message: AbstractIncomingMessage) -> None:
-        """Process one message; acknowledges only what is safely handed on."""
+        """Process one message; acknowledges only what is safely handed on.
+
+        Whatever fails, the message ends acked (handed on, retried later on a delay
+        queue, or dead-lettered) or nacked back to its queue.
+        """
+        try:
+            await self._handle(partner, message)
+        except (StoreError, AuditError) as exc:
+            if not message.processed:
+                await self._stores_unavailable(partner, message, exc)
+        except RelayError as exc:
+            if not message.processed:
+                await self._requeue_later(message, exc)
+        except Exception as exc:
+            log.error("outbound_failed_unexpectedly", exc_info=exc)
+            if not message.processed:
+                await self._internal_failure(partner, message, exc)
+
+    async def _handle(self, partner: str, message: AbstractIncomingMessage) -> None:
         try:
             out = Outgoing.read(partner, message)
         except EnvelopeError as exc:
@@ -242,21 +317,22 @@ class OutboundPipeline:
                 status="failed",
             )
             return
+        for health in (self.rt.store.health, self.rt.audit.health):
+            if not await health.wait(STORE_WAIT_SECONDS):
+                # known to fail right now: do not even try; the episode is logged already
+                raise StoreError(f"{health.name}: {health.last_error}", code="STORE_UNAVAILABLE")
         try:
             signed, digest, agreement = await self._prepare(out, message.body)
         except (AdapterError, PolicyViolation, EnvelopeError, SignatureError) as exc:
             await self._dead(partner, message, out, exc.code, exc.reason, status="rejected")
-            return
-        except RelayError as exc:
-            await self._requeue_later(message, exc)
             return
         try:
             receipt_status, code, reason = await self._deliver(out, signed, digest, agreement)
         except DeliveryError as exc:
             await self._retry_or_fail(message, out, agreement, exc)
             return
-        except RelayError as exc:
-            await self._requeue_later(message, exc)
+        except UnverifiedReceipt as unverified:
+            await self._unverified(message, out, agreement, digest, unverified)
             return
         if receipt_status == "rejected":
             await self._dead(
@@ -292,6 +368,81 @@ class OutboundPipeline:
             return
         await message.ack()
         log.info("message_delivered", attempt=out.attempt, receipt=receipt_status)
+
+    async def _unverified(
+        self,
+        message: AbstractIncomingMessage,
+        out: Outgoing,
+        agreement: Agreement | None,
+        digest: str,
+        unverified: UnverifiedReceipt,
+    ) -> None:
+        """The partner says it has the message, but its receipt does not verify.
+
+        Not a failure and not a delivery: the receipt is kept as evidence, the outcome
+        is ``unverified_receipt`` (audit entry, event, an error line for the operator),
+        and the message is acknowledged: sending it again would only bring a duplicate
+        receipt signed the same way. The operator fixes the trust material (a fresh CRL,
+        the partner's new signing certificate); the evidence can then be checked again.
+        """
+        rt = self.rt
+        verified, entry = unverified.verified, unverified.entry
+        problem = verified.problem
+        assert problem is not None
+        await rt.audit.store_evidence(
+            verified.digest,
+            "receipt",
+            verified.evidence,
+            agreement.retention_days if agreement else 3650,
+        )
+        await rt.record(
+            AuditEvent(
+                event="receipt",
+                direction="outbound",
+                partner=out.partner,
+                agreement=_id(agreement),
+                message_type=out.message_type,
+                message_id=out.message_id,
+                correlation_id=out.correlation_id,
+                envelope_digest=hexdigest(digest),
+                receipt_digest=verified.digest,
+                outcome="unverified_receipt",
+                code=problem.code,
+                reason=f"the partner answered {entry.status}, but its receipt does not "
+                f"verify: {problem.reason}",
+                details={
+                    "attempt": out.attempt,
+                    "receipt_id": verified.receipt.receipt_id,
+                    "receipt_status": entry.status,
+                },
+            )
+        )
+        await rt.relay.publish_event(
+            out.partner,
+            "unverified_receipt",
+            rt.event(
+                "unverified_receipt",
+                message_id=out.message_id,
+                correlation_id=out.correlation_id,
+                partner=out.partner,
+                message_type=out.message_type,
+                agreement=_id(agreement),
+                code=problem.code,
+                reason=problem.reason,
+                attempt=out.attempt,
+                receipt=entry.status,
+            ),
+        )
+        await message.ack()
+        log.error(
+            "receipt_unverified",
+            code=problem.code,
+            reason=problem.reason,
+            receipt=entry.status,
+            receipt_digest=verified.digest,
+            hint="check the partner's CRL and signing certificates; the receipt is kept "
+            "as evidence",
+        )
 
     async def _prepare(self, out: Outgoing, body: bytes) -> tuple[bytes, str, Agreement | None]:
         """The signed envelope for ``out``: the stored one on a retry, else built now."""
@@ -348,12 +499,14 @@ class OutboundPipeline:
         signed = rt.signer.sign(root)
         evidence, evidence_digest = canonical(root)
         digest = f"sha256:{evidence_digest}"
-        await rt.store.outbox_put(out.message_id, out.partner, signed, digest)
+        # the outbox entry is the commit point (a retry finds it and sends these bytes):
+        # what must exist for a sent envelope is written before it
         await rt.audit.store_evidence(
             evidence_digest, "envelope", evidence, agreement.retention_days
         )
         if out.message_type == "maa.request":
             await rt.store.remember_request(agreement.id, rt.gateway_id, out.message_id)
+        await rt.store.outbox_put(out.message_id, out.partner, signed, digest)
         return signed, digest, agreement
 
     async def _decide(
@@ -427,13 +580,26 @@ class OutboundPipeline:
         receipt = verified.receipt
         entry = next((e for e in receipt.entries if e.message_id == out.message_id), None)
         if entry is None:
+            # a batch whose receipt list leaves an envelope out: the partner will take it later
+            wait = verified.retry_after
             raise DeliveryError(
-                "the receipt does not mention this message", code="DELIVERY_BAD_RECEIPT"
+                f"{out.partner} left this message out of its receipt list (try again later"
+                + (f", after {wait:g} s)" if wait else ")"),
+                code="DELIVERY_RETRY_LATER",
+                retry_after=wait,
             )
         if entry.digest != digest:
             raise DeliveryError(
                 f"the receipt's digest {entry.digest} is not the digest of what was sent",
                 code="DELIVERY_DIGEST_MISMATCH",
+            )
+        if verified.problem is not None:
+            if entry.status in DELIVERED:
+                raise UnverifiedReceipt(verified, entry)
+            # an unverifiable refusal proves nothing either way: try again
+            raise DeliveryError(
+                f"the receipt ({entry.status}) does not verify: {verified.problem.reason}",
+                code="DELIVERY_RECEIPT_UNVERIFIED",
             )
         receipt_digest = verified.digest
         await rt.audit.store_evidence(
@@ -469,70 +635,143 @@ class OutboundPipeline:
         agreement: Agreement | None,
         exc: DeliveryError,
     ) -> None:
+        """Retry later on a delay queue, or dead-letter at the age limit or a permanent error."""
         rt = self.rt
-        max_attempts = (
-            agreement.delivery.max_attempts if agreement else rt.settings.delivery.max_attempts
-        )
-        max_age = agreement.delivery.max_age_seconds if agreement else 86400
-        too_old = time.time() - out.first_seen > max_age
-        if out.attempt >= max_attempts or too_old or not exc.retryable:
-            why = "too old" if too_old else f"after {out.attempt} attempts"
+        max_age = _max_age(agreement, rt.settings.delivery.max_age_seconds)
+        age = time.time() - out.first_seen
+        if age > max_age or not exc.retryable:
+            why = (
+                f"given up after {out.attempt} attempts over {age:.0f} s, the age limit is "
+                f"{max_age:g} s"
+                if exc.retryable
+                else "not retryable"
+            )
             await self._dead(
                 out.partner, message, out, exc.code, f"{exc.reason} ({why})", status="failed"
             )
             return
-        delay = delay_for(
-            out.attempt, rt.settings.delivery.backoff_initial, rt.settings.delivery.backoff_max
-        )
-        retry_after = exc.context.get("retry_after")
-        if isinstance(retry_after, int | float) and retry_after > delay:
-            delay = delay_for(1, float(retry_after), rt.settings.delivery.backoff_max)
-        headers = dict(message.headers or {})
-        headers[ATTEMPT_HEADER] = out.attempt + 1
-        headers["x-maagw-first-seen"] = str(out.first_seen)
-        headers["x-maagw-last-error"] = f"{exc.code}: {exc.reason}"[:512]
-        try:
-            await rt.record(
-                self._audit(
-                    out,
-                    agreement,
-                    "retry",
-                    "retrying",
-                    exc.code,
-                    exc.reason,
-                    attempt=str(out.attempt),
-                    delay=str(delay),
-                )
-            )
-            await rt.relay.publish(
-                rt.relay.names.retry,
-                f"{delay}s.{out.partner}",
-                message.body,
-                message_id=out.message_id,
-                message_type=out.message_type,
-                correlation_id=out.correlation_id,
-                content_type=message.content_type,
-                headers=headers,
-            )
-            await rt.relay.publish_event(
-                out.partner,
+        s = rt.settings.delivery
+        delay = delay_for(out.attempt, s.backoff_initial, s.backoff_max, at_least=exc.retry_after)
+        await rt.record(
+            self._audit(
+                out,
+                agreement,
+                "retry",
                 "retrying",
-                rt.event(
-                    "retrying",
-                    message_id=out.message_id,
-                    correlation_id=out.correlation_id,
-                    partner=out.partner,
-                    code=exc.code,
-                    reason=exc.reason,
-                    attempt=out.attempt,
-                    next_attempt_in=delay,
-                ),
+                exc.code,
+                exc.reason,
+                attempt=str(out.attempt),
+                delay=str(delay),
             )
+        )
+        await self._to_delay_queue(
+            message,
+            out.partner,
+            delay,
+            attempt=out.attempt + 1,
+            last_error=exc,
+            extra={"x-maagw-first-seen": str(out.first_seen)},
+        )
+        await rt.relay.publish_event(
+            out.partner,
+            "retrying",
+            rt.event(
+                "retrying",
+                message_id=out.message_id,
+                correlation_id=out.correlation_id,
+                partner=out.partner,
+                code=exc.code,
+                reason=exc.reason,
+                attempt=out.attempt,
+                next_attempt_in=delay,
+            ),
+        )
+        await message.ack()
+        # the first retry is routine; later ones mean the partner keeps failing
+        (log.info if out.attempt <= 1 else log.warning)(
+            "delivery_retrying",
+            attempt=out.attempt,
+            delay=delay,
+            code=exc.code,
+            reason=exc.reason,
+            age_seconds=round(age),
+        )
+
+    async def _to_delay_queue(
+        self,
+        message: AbstractIncomingMessage,
+        partner: str,
+        delay: int,
+        *,
+        attempt: int | None = None,
+        last_error: GatewayError | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        """A confirmed copy of ``message`` in the delay queue that returns it in ``delay`` s."""
+        rt = self.rt
+        headers = dict(message.headers or {})
+        headers.setdefault("x-maagw-first-seen", str(time.time()))
+        if attempt is not None:
+            headers[ATTEMPT_HEADER] = attempt
+        if last_error is not None:
+            headers["x-maagw-last-error"] = f"{last_error.code}: {last_error.reason}"[:512]
+        headers.update(extra or {})
+        await rt.relay.publish(
+            rt.relay.names.retry,
+            f"{delay}s.{partner}",
+            message.body,
+            message_id=message.message_id,
+            message_type=message.type,
+            correlation_id=message.correlation_id,
+            content_type=message.content_type,
+            headers=headers,
+        )
+
+    async def _stores_unavailable(
+        self, partner: str, message: AbstractIncomingMessage, exc: GatewayError
+    ) -> None:
+        """The state store or the audit log failed: put the message aside for a few seconds.
+
+        Not an attempt (the partner was maybe never asked): the attempt count stays, the age
+        limit still counts. The stores log the episode once and readiness is false meanwhile;
+        each message is only a debug line. If the broker will not take the copy either, the
+        message goes back to its queue after a pause.
+        """
+        log.debug("delivery_deferred", code=exc.code, reason=exc.reason)
+        try:
+            await self._to_delay_queue(message, partner, STORE_RETRY_SECONDS)
         except RelayError as relay_exc:
             await self._requeue_later(message, relay_exc)
             return
         await message.ack()
-        log.info("delivery_retrying", attempt=out.attempt, delay=delay, code=exc.code)
+
+    async def _internal_failure(
+        self, partner: str, message: AbstractIncomingMessage, exc: Exception
+    ) -> None:
+        """Something unexpected (a bug) failed: retry a few times, then dead-letter."""
+        failures = _int(_header(message.headers or {}, INTERNAL_HEADER)) + 1
+        reason = f"{exc.__class__.__name__}: {exc}"[:512]
+        try:
+            if failures >= MAX_INTERNAL_FAILURES:
+                await self._dead(
+                    partner,
+                    message,
+                    None,
+                    "GATEWAY_INTERNAL",
+                    f"failed {failures} times unexpectedly, last: {reason}",
+                    status="failed",
+                )
+                return
+            await self._to_delay_queue(
+                message,
+                partner,
+                delay_for(failures, 1.0, 10.0),
+                extra={INTERNAL_HEADER: str(failures)},
+            )
+            await message.ack()
+        except Exception as second:  # the stores or the broker as well: give it back
+            log.warning("internal_failure_not_settled", error=str(second))
+            await _give_back(message, reason)
 
     async def _dead(
         self,
@@ -554,73 +793,69 @@ class OutboundPipeline:
             "content_type": message.content_type,
             "headers": {k: str(v) for k, v in (message.headers or {}).items()},
         }
-        try:
-            dead_id = await rt.store.dead_put(
+        dead_id = await rt.store.dead_put(
+            message_id=message.message_id,
+            partner=partner,
+            direction="outbound",
+            code=code,
+            reason=reason,
+            properties=properties,
+            body=message.body,
+        )
+        events = (
+            []
+            if audited
+            else [
+                self._audit_raw(
+                    partner,
+                    message,
+                    out,
+                    "rejected" if status == "rejected" else "failed",
+                    code,
+                    reason,
+                )
+            ]
+        )
+        events.append(
+            self._audit_raw(
+                partner, message, out, "dead_lettered", code, reason, dead_id=str(dead_id)
+            )
+        )
+        await rt.record(*events)
+        headers = dict(message.headers or {})
+        headers.update(
+            {
+                "x-maagw-code": code,
+                "x-maagw-reason": reason[:1024],
+                "x-maagw-partner": partner,
+                "x-maagw-dead-id": dead_id,
+            }
+        )
+        await rt.relay.publish(
+            rt.relay.names.dlx,
+            partner,
+            message.body,
+            message_id=message.message_id,
+            message_type=message.type,
+            correlation_id=message.correlation_id,
+            content_type=message.content_type,
+            headers=headers,
+        )
+        await rt.relay.publish_event(
+            partner,
+            status,
+            rt.event(
+                status,
                 message_id=message.message_id,
+                correlation_id=message.correlation_id,
                 partner=partner,
-                direction="outbound",
                 code=code,
                 reason=reason,
-                properties=properties,
-                body=message.body,
-            )
-            events = (
-                []
-                if audited
-                else [
-                    self._audit_raw(
-                        partner,
-                        message,
-                        out,
-                        "rejected" if status == "rejected" else "failed",
-                        code,
-                        reason,
-                    )
-                ]
-            )
-            events.append(
-                self._audit_raw(
-                    partner, message, out, "dead_lettered", code, reason, dead_id=str(dead_id)
-                )
-            )
-            await rt.record(*events)
-            headers = dict(message.headers or {})
-            headers.update(
-                {
-                    "x-maagw-code": code,
-                    "x-maagw-reason": reason[:1024],
-                    "x-maagw-partner": partner,
-                    "x-maagw-dead-id": dead_id,
-                }
-            )
-            await rt.relay.publish(
-                rt.relay.names.dlx,
-                partner,
-                message.body,
-                message_id=message.message_id,
-                message_type=message.type,
-                correlation_id=message.correlation_id,
-                content_type=message.content_type,
-                headers=headers,
-            )
-            await rt.relay.publish_event(
-                partner,
-                status,
-                rt.event(
-                    status,
-                    message_id=message.message_id,
-                    correlation_id=message.correlation_id,
-                    partner=partner,
-                    code=code,
-                    reason=reason,
-                    attempt=out.attempt if out else 1,
-                ),
-            )
-        except RelayError as exc:
-            await self._requeue_later(message, exc)
-            return
+                attempt=out.attempt if out else 1,
+            ),
+        )
         await message.ack()
-        log.info("message_dead_lettered", code=code, reason=reason)
+        log.warning("message_dead_lettered", code=code, reason=reason, status=status)
 
     async def _requeue_later(self, message: AbstractIncomingMessage, exc: RelayError) -> None:
         """The broker could not take a publish: give the message back after a pause.
@@ -630,11 +865,8 @@ class OutboundPipeline:
         how often this can happen to one message.
         """
         log.warning("relay_publish_failed", code=exc.code, reason=exc.reason)
-        await asyncio.sleep(1.0)
-        try:
-            await message.nack(requeue=True)
-        except Exception:
-            log.info("nack_skipped_channel_closed")
+        await asyncio.sleep(REQUEUE_PAUSE_SECONDS)
+        await _give_back(message, exc.reason, pause=0)
 
     def _audit(
         self,
@@ -683,6 +915,46 @@ class OutboundPipeline:
             reason=reason,
             details=details,
         )
+
+
+async def _give_back(
+    message: AbstractIncomingMessage, reason: str, *, pause: float = REQUEUE_PAUSE_SECONDS
+) -> None:
+    """Return a message to its queue (after a pause, so that a fault does not spin).
+
+    If the channel is gone the broker has already requeued it. The queue's delivery
+    limit bounds how often this can happen to one message.
+    """
+    if message.processed:
+        return
+    log.warning("delivery_returned_to_queue", reason=reason)
+    if pause:
+        await asyncio.sleep(pause)
+    try:
+        await message.nack(requeue=True)
+    except Exception:
+        log.info("nack_skipped_channel_closed")
+
+
+def _bad_receipt(status: int, partner: str, exc: GatewayError) -> DeliveryError:
+    return DeliveryError(
+        f"answer {status} from {partner} is not a valid signed receipt: {exc.code}: {exc.reason}",
+        code="DELIVERY_BAD_RECEIPT",
+    )
+
+
+def _max_age(agreement: Agreement | None, default: float) -> float:
+    """The message's age limit: the agreement's, else the gateway's default."""
+    if agreement is not None and agreement.delivery.max_age_seconds is not None:
+        return agreement.delivery.max_age_seconds
+    return default
+
+
+def _int(value: str | None) -> int:
+    try:
+        return int(value or 0)
+    except ValueError:
+        return 0
 
 
 def _header(headers: Any, name: str) -> str | None:

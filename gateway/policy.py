@@ -108,8 +108,11 @@ class Delivery(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    max_attempts: int = Field(default=8, ge=1)
-    max_age_seconds: float = Field(default=86400.0, gt=0)
+    #: obsolete: retries end at ``max_age_seconds``, never after a count (accepted, ignored)
+    max_attempts: int | None = Field(default=None, ge=1)
+    #: the relay retries a message until it is this old, then dead-letters it
+    #: (None: the gateway's ``[delivery] max_age_seconds``)
+    max_age_seconds: float | None = Field(default=None, gt=0)
 
 
 class Flow(BaseModel):
@@ -656,31 +659,47 @@ class TokenBucket:
 
     def try_take(self, now: float) -> float:
         """Take a token at time ``now`` (seconds): 0.0 if taken, else the seconds to wait."""
+        wait = self.wait(now)
+        if wait == 0.0:
+            self._tokens -= 1.0
+        return wait
+
+    def wait(self, now: float) -> float:
+        """The seconds until a token is there at time ``now`` (0.0: one is); takes none."""
         if self._last is not None and now > self._last:
             self._tokens = min(self.burst, self._tokens + (now - self._last) * self._per_second)
         if self._last is None or now > self._last:
             self._last = now
         if self._tokens >= 1.0:
-            self._tokens -= 1.0
             return 0.0
         return (1.0 - self._tokens) / self._per_second
+
+
+#: refusals a minute of a sender that has no flow to the receiver in any agreement
+REFUSALS_WITHOUT_FLOW_PER_MINUTE = 60.0
 
 
 class RateLimiter:
     """One token bucket per (agreement id, sender, receiver), sized from the flow's rule.
 
     A bucket is rebuilt when a reloaded agreement changes the flow's rate or burst.
+
+    Refused messages have an allowance of their own, one bucket per (sender,
+    receiver), as large as all the sender's flows to the receiver together (the sum of
+    their rates and bursts; ``REFUSALS_WITHOUT_FLOW_PER_MINUTE`` without any): a
+    partner can make the receiver refuse at most as many messages as it may send.
     """
 
     def __init__(self) -> None:
         self._buckets: dict[tuple[str, str, str], TokenBucket] = {}
+        self._refusals: dict[tuple[str, str], TokenBucket] = {}
 
     def check(self, agreement: Agreement, sender: str, receiver: str, now: float) -> float:
         """Take a token for one message: 0.0 when it may go, else the seconds to wait.
 
         A flow the agreement does not have is not rate limited here: ``evaluate``
         refuses it. Check the rate after ``evaluate`` allowed the message, so that
-        refused messages do not use up the partner's allowance.
+        refused messages take from the refusal allowance (``refused``) only.
         """
         flow = agreement.flow(sender, receiver)
         if flow is None:
@@ -695,3 +714,27 @@ class RateLimiter:
         ):
             bucket = self._buckets[key] = TokenBucket(flow.rate_per_minute, burst)
         return bucket.try_take(now)
+
+    def refusal_wait(
+        self, agreements: Mapping[str, Agreement], sender: str, receiver: str, now: float
+    ) -> float:
+        """Seconds until ``sender``'s refusal allowance has room again (0.0: it has); takes none."""
+        return self._refusal_bucket(agreements, sender, receiver).wait(now)
+
+    def refused(
+        self, agreements: Mapping[str, Agreement], sender: str, receiver: str, now: float
+    ) -> None:
+        """Charge one refused message to ``sender``'s refusal allowance (if any is left)."""
+        self._refusal_bucket(agreements, sender, receiver).try_take(now)
+
+    def _refusal_bucket(
+        self, agreements: Mapping[str, Agreement], sender: str, receiver: str
+    ) -> TokenBucket:
+        flows = [f for a in agreements.values() if (f := a.flow(sender, receiver)) is not None]
+        rate = sum(f.rate_per_minute for f in flows) or REFUSALS_WITHOUT_FLOW_PER_MINUTE
+        burst = sum(f.burst if f.burst is not None else max(1.0, f.rate_per_minute) for f in flows)
+        burst = burst or max(1.0, rate)
+        bucket = self._refusals.get((sender, receiver))
+        if bucket is None or bucket.rate_per_minute != rate or bucket.burst != burst:
+            bucket = self._refusals[(sender, receiver)] = TokenBucket(rate, burst)
+        return bucket

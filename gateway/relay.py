@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import random
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -42,14 +43,21 @@ from gateway.errors import RelayError
 
 log = structlog.get_logger(__name__)
 
-#: the delay queues' fixed TTLs in seconds; a retry waits in the smallest one >= its backoff
-DELAYS: tuple[int, ...] = (1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+#: the delay queues' fixed TTLs in seconds, about 1.5 apart so that a jittered backoff
+#: spreads retries over several queues (see ``delay_for``)
+DELAYS: tuple[int, ...] = (
+    1, 2, 3, 5, 8, 13, 20, 30, 45, 60, 90, 120, 180, 240, 300,
+    450, 600, 900, 1200, 1800, 2700, 3600,
+)  # fmt: skip
 
 #: after this many redeliveries of one message (e.g. the gateway crashing on it) the broker
 #: dead-letters it: a poison message is never redelivered forever
 DELIVERY_LIMIT = 20
 
 Handler = Callable[[AbstractIncomingMessage], Awaitable[None]]
+
+#: jitter only: not a secret
+_rng = random.Random()  # noqa: S311
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,13 +116,38 @@ def quorum_args(names: Names, **extra: Any) -> dict[str, Any]:
     return args
 
 
-def delay_for(attempt: int, initial: float, maximum: float) -> int:
-    """The delay queue for retry number ``attempt`` (1-based): exponential, capped."""
-    wanted = min(initial * (2 ** (attempt - 1)), maximum)
-    for delay in DELAYS:
-        if delay >= wanted:
-            return delay
-    return DELAYS[-1]
+def delay_for(
+    attempt: int,
+    initial: float,
+    maximum: float,
+    *,
+    at_least: float | None = None,
+    rng: random.Random | None = None,
+) -> int:
+    """The delay queue for retry number ``attempt`` (1-based).
+
+    Exponential from ``initial``, capped at ``maximum``, with "equal jitter": a pause
+    drawn between half the backoff and the backoff, so that messages that failed
+    together do not come back together. The pause is then rounded to one of the two
+    neighbouring queues with the probability that keeps its expected value. A
+    partner's Retry-After (``at_least``) is honoured: the smallest queue at least that
+    long (up to the longest queue).
+    """
+    rng = rng or _rng
+    if at_least is not None and at_least > 0:
+        return next((d for d in DELAYS if d >= at_least), DELAYS[-1])
+    backoff = min(initial * (2 ** min(attempt - 1, 32)), maximum)
+    pause = rng.uniform(backoff / 2, backoff)
+    below = [d for d in DELAYS if d <= pause]
+    above = [d for d in DELAYS if d >= pause]
+    if not below:
+        return DELAYS[0]
+    if not above:
+        return DELAYS[-1]
+    low, high = below[-1], above[0]
+    if high == low or high > max(maximum, DELAYS[0]):
+        return low
+    return high if rng.random() < (pause - low) / (high - low) else low
 
 
 def topology(names: Names, partners: Iterable[str], vhost: str = "/") -> dict[str, Any]:

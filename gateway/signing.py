@@ -54,6 +54,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from lxml import etree
 
 from gateway import xmlsafe
+from gateway.certs import cert_sha256, serial_hex
 from gateway.errors import ConfigError, SignatureError
 
 log = structlog.get_logger(__name__)
@@ -200,7 +201,8 @@ class Signer:
         log.info(
             "signer_loaded",
             subject=cert.subject.rfc4514_string(),
-            fingerprint=cert_fingerprint(cert),
+            serial=serial_hex(cert.serial_number),
+            cert_sha256=cert_sha256(cert),
         )
         return signer
 
@@ -331,7 +333,7 @@ def verify(
         raise SignatureError(
             f"signature does not verify: {exc}",
             code="SIG_INVALID",
-            signer=cert_fingerprint(signer),
+            signer_cert_sha256=cert_sha256(signer),
         ) from exc
     if evidence is None:
         evidence = document_c14n(root)
@@ -611,5 +613,5 @@ def _check_validity(cert: x509.Certificate, at: datetime) -> None:
     raise SignatureError(
         f"signing certificate {cert.subject.rfc4514_string()} {reason}",
         code="SIG_CERT_UNTRUSTED",
-        signer=cert_fingerprint(cert),
+        signer_cert_sha256=cert_sha256(cert),
     )

@@ -4,7 +4,9 @@
   so that every retry (also after a restart) sends identical bytes.
 - **claims**: (sender, message id) of inbound envelopes, claimed atomically before
   publishing and marked published after the broker confirmed; this is the duplicate
-  and replay store, kept for ``retention`` (default 7 days).
+  and replay store, kept for ``retention`` (default 7 days). Each claim carries its
+  owner (the gateway instance) and the boot id of the process that made it, so a
+  restarted process takes over its dead predecessor's claims at once.
 - **dead**: a copy of every dead-lettered message, since a queue cannot be browsed.
 - **requests**: ids of requests exchanged under an agreement, so that a reply that
   answers no known request is refused.
@@ -12,6 +14,10 @@
 All calls run on one worker thread (SQLite connections are not shared across
 threads); each call is committed before it returns, and calls that arrive together
 share one transaction and one commit (group commit).
+
+Every commit reports to ``health`` (``gateway.health.Health``): a failing disk is
+logged once per episode, readiness turns false, and a probe write every few seconds
+notices when the disk has room again.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from gateway.errors import GatewayError
+from gateway.health import Health
 
 T = TypeVar("T")
 
@@ -69,7 +76,17 @@ CREATE TABLE IF NOT EXISTS requests (
     at REAL NOT NULL,
     PRIMARY KEY (agreement, requester, message_id)
 );
+CREATE TABLE IF NOT EXISTS probe (
+    id INTEGER PRIMARY KEY,
+    at REAL NOT NULL
+);
 """
+
+#: columns added to existing tables after their first release (table, column, type)
+ADDED_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("claims", "owner", "TEXT"),
+    ("claims", "boot", "TEXT"),
+)
 
 ClaimResult = Literal["claimed", "published", "in_flight"]
 
@@ -115,19 +132,48 @@ def _delete_some(db: sqlite3.Connection, *, sql: str, args: tuple[float, int]) -
     return int(db.execute(sql, args).rowcount)
 
 
-class Store:
-    """The state store; open with ``await Store.open(path)``."""
+#: SQLite result codes that mean the disk or the database file failed, not one call's SQL
+_IO_ERRORS = (
+    "SQLITE_FULL",
+    "SQLITE_IOERR",
+    "SQLITE_CANTOPEN",
+    "SQLITE_BUSY",
+    "SQLITE_LOCKED",
+    "SQLITE_READONLY",
+    "SQLITE_CORRUPT",
+    "SQLITE_NOTADB",
+    "SQLITE_PROTOCOL",
+    "SQLITE_NOLFS",
+    "SQLITE_PERM",
+)
 
-    def __init__(self, path: Path) -> None:
+
+def _io_failure(exc: BaseException) -> bool:
+    """An error of the disk or the database file (health), not of one call (a bug, a constraint)."""
+    name = getattr(exc, "sqlite_errorname", None)
+    return isinstance(exc, sqlite3.Error) and isinstance(name, str) and name.startswith(_IO_ERRORS)
+
+
+class Store:
+    """The state store; open with ``await Store.open(path)``.
+
+    ``owner`` names the gateway instance (process) whose claims these are and ``boot``
+    this run of it; see ``take_over_claims``.
+    """
+
+    def __init__(self, path: Path, *, owner: str = "-", boot: str = "-") -> None:
         self.path = path
+        self.owner = owner
+        self.boot = boot
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="maagw-store")
         self._db: sqlite3.Connection | None = None
         self._pending: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]] = []
         self._drainer: asyncio.Task[None] | None = None
+        self.health = Health("state", self.probe)
 
     @classmethod
-    async def open(cls, path: Path) -> Store:
-        store = cls(path)
+    async def open(cls, path: Path, *, owner: str = "-", boot: str = "-") -> Store:
+        store = cls(path, owner=owner, boot=boot)
         await store._run(store._open)
         return store
 
@@ -138,9 +184,20 @@ class Store:
         db.execute("PRAGMA synchronous=FULL")
         db.execute("PRAGMA busy_timeout=5000")
         db.executescript(SCHEMA)
+        for table, column, kind in ADDED_COLUMNS:
+            have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+            if column not in have:
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
         self._db = db
 
+    async def probe(self) -> None:
+        """A small write, to learn whether the store can commit again."""
+        await self._tx(
+            lambda db: db.execute("INSERT OR REPLACE INTO probe VALUES (1, ?)", (time.time(),))
+        )
+
     async def close(self) -> None:
+        self.health.stop()
         if self._drainer is not None:
             await asyncio.gather(self._drainer, return_exceptions=True)
         if self._db is not None:
@@ -176,11 +233,19 @@ class Store:
             while self._pending:
                 batch, self._pending = self._pending, []
                 try:
-                    outcomes = await self._run(self._commit_batch, [fn for fn, _ in batch])
+                    outcomes, io_failed = await self._run(
+                        self._commit_batch, [fn for fn, _ in batch]
+                    )
                 except Exception as exc:
                     # _run already made an sqlite3 error a StoreError: keep its reason
                     reason = exc.reason if isinstance(exc, GatewayError) else str(exc)
                     outcomes = [(False, StoreError(reason)) for _ in batch]
+                    self.health.failed("STORE_FAILED", reason)
+                else:
+                    if io_failed is None:
+                        self.health.succeeded()
+                    else:
+                        self.health.failed("STORE_FAILED", io_failed)
                 for (_, future), (ok, value) in zip(batch, outcomes, strict=True):
                     if not future.done():
                         if ok:
@@ -197,10 +262,12 @@ class Store:
 
     def _commit_batch(
         self, fns: list[Callable[[sqlite3.Connection], Any]]
-    ) -> list[tuple[bool, Any]]:
+    ) -> tuple[list[tuple[bool, Any]], str | None]:
+        """Run ``fns`` in one transaction; their outcomes, and the reason of a disk failure."""
         assert self._db is not None, "store is not open"
         db = self._db
         outcomes: list[tuple[bool, Any]] = []
+        io_failed: str | None = None
         db.execute("BEGIN IMMEDIATE")
         try:
             for fn in fns:
@@ -208,6 +275,8 @@ class Store:
                 try:
                     outcomes.append((True, fn(db)))
                 except Exception as exc:
+                    if _io_failure(exc):
+                        io_failed = f"state store {self.path}: {exc}"
                     db.execute("ROLLBACK TO one")
                     error = (
                         StoreError(f"state store {self.path}: {exc}")
@@ -222,7 +291,7 @@ class Store:
             if db.in_transaction:
                 db.execute("ROLLBACK")
             raise
-        return outcomes
+        return outcomes, io_failed
 
     # -- outbox ---------------------------------------------------------------------------
 
@@ -269,8 +338,10 @@ class Store:
             stale = row is not None and row[1] == "claimed" and now - row[3] > stale_after
             if row is None or stale or row[1] == "uncertain":
                 db.execute(
-                    "INSERT OR REPLACE INTO claims VALUES (?, ?, ?, 'claimed', NULL, ?)",
-                    (sender, message_id, digest, now),
+                    "INSERT OR REPLACE INTO claims "
+                    "(sender, message_id, digest, state, receipt_id, claimed, owner, boot) "
+                    "VALUES (?, ?, ?, 'claimed', NULL, ?, ?, ?)",
+                    (sender, message_id, digest, now, self.owner, self.boot),
                 )
                 # a stale claim is a crash between publish and its record: it may be out there
                 return Claim("claimed", digest, None, possible_duplicate=row is not None)
@@ -279,6 +350,24 @@ class Store:
             return Claim("in_flight", str(row[0]), None)
 
         return await self._tx(q)
+
+    async def take_over_claims(self) -> int:
+        """Claims left ``claimed`` by an earlier run of this owner: it died while publishing.
+
+        Called at start. Such a publish may have reached the broker, so each claim becomes
+        ``uncertain``: the sender's next attempt is published again at once, marked as a
+        possible duplicate, instead of waiting for the claim to go stale. Claims without an
+        owner (written before owners were recorded) are taken over too. Returns how many.
+        """
+        return await self._tx(
+            lambda db: (
+                db.execute(
+                    "UPDATE claims SET state = 'uncertain' WHERE state = 'claimed' "
+                    "AND (owner IS NULL OR (owner = ? AND (boot IS NULL OR boot <> ?)))",
+                    (self.owner, self.boot),
+                ).rowcount
+            ),
+        )
 
     async def mark_published(self, sender: str, message_id: str, receipt_id: str) -> None:
         await self._tx(

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import os
 import socket
 import time
@@ -127,6 +128,62 @@ class BackOffice:
     async def count(self, queue_name: str) -> int:
         queue = await self.channel.declare_queue(queue_name, passive=True)
         return int(queue.declaration_result.message_count or 0)
+
+
+async def open_office(settings: Settings) -> BackOffice:
+    """A back office of ``settings``' administration on a connection of its own."""
+    connection = await aio_pika.connect_robust(settings.broker.url)
+    return await BackOffice(settings, connection).open()
+
+
+async def publish_many(
+    office: BackOffice, partner: str, body: bytes, n: int, tag: str
+) -> list[str]:
+    """Publish ``n`` copies of ``body`` for ``partner``, each with a new message id."""
+    ids = [f"{tag}-{i:05d}-{uuid.uuid4().hex[:8]}" for i in range(n)]
+    for mid in ids:
+        await office.send(partner, body, message_id=mid)
+    return ids
+
+
+async def collect(office: BackOffice, expected: set[str], timeout: float) -> list[Any]:
+    """Consume the office's inbound queue until every expected id arrived (and 2 s more)."""
+    queue = await office.channel.get_queue(office.settings.name_of("maagw.inbound"))
+    got: list[Any] = []
+    seen: set[str] = set()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    quiet_until: float | None = None
+    while loop.time() < deadline:
+        message = await queue.get(fail=False, no_ack=True)
+        if message is None:
+            if seen >= expected:
+                quiet_until = quiet_until or loop.time() + 2.0
+                if loop.time() > quiet_until:
+                    break
+            await asyncio.sleep(0.05)
+            continue
+        got.append(message)
+        seen.add(str(message.message_id))
+    return got
+
+
+def account(got: list[Any], expected: set[str]) -> tuple[set[str], dict[str, int], list[Any]]:
+    """(ids lost, ids that arrived more than once with their counts, those copies)."""
+    counts = collections.Counter(str(m.message_id) for m in got)
+    lost = expected - set(counts)
+    dups = {mid: c for mid, c in counts.items() if c > 1}
+    copies = [m for m in got if str(m.message_id) in dups]
+    return lost, dups, copies
+
+
+def unmarked_duplicates(got: list[Any]) -> dict[str, int]:
+    """Ids that arrived more often than once plus their copies marked as possible duplicates."""
+    counts = collections.Counter(str(m.message_id) for m in got)
+    marked = collections.Counter(
+        str(m.message_id) for m in got if (m.headers or {}).get("x-maagw-possible-duplicate")
+    )
+    return {mid: c - 1 - marked[mid] for mid, c in counts.items() if c - 1 > marked[mid]}
 
 
 def provision_pair(root: Path, *, tag: str = "t") -> dict[str, Settings]:

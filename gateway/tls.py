@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 import ssl
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -33,7 +33,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from gateway.certs import load_certs, load_crl, spki_pin
+from gateway.certs import load_certs, load_crl, serial_hex, spki_pin
 from gateway.config import Partner, TlsSection
 from gateway.errors import AuthError, ConfigError, GatewayError
 
@@ -65,6 +65,8 @@ class PartnerTrust:
     crl: x509.CertificateRevocationList | None
     crl_stale: str
     ca_pem: bytes
+    #: the file the CRL was loaded from (and a fetched one is written to)
+    crl_path: Path | None = None
 
 
 class TrustStore:
@@ -74,12 +76,35 @@ class TrustStore:
     client certificates (DER) of connections kept open and their partners.
     """
 
-    def __init__(self, partners: Mapping[str, Partner]) -> None:
+    def __init__(
+        self,
+        partners: Mapping[str, Partner],
+        *,
+        now: datetime | None = None,
+        allow_stale_crl: bool = False,
+    ) -> None:
+        """Load every partner's files; a CRL already past nextUpdate is a ``ConfigError``
+        (``CONFIG_CRL_STALE``) unless the partner says ``crl_stale = "warn"`` or
+        ``allow_stale_crl`` (for tools that replace it)."""
+        moment = now or datetime.now(UTC)
         self.partners: dict[str, PartnerTrust] = {
-            pid: _load_partner(p) for pid, p in partners.items()
+            pid: _load_partner(p, moment, allow_stale_crl) for pid, p in partners.items()
         }
         self._memo: dict[bytes, tuple[str, datetime]] = {}
         self._carried: dict[bytes, tuple[str, datetime]] = {}
+
+    def with_crl(self, partner_id: str, crl: x509.CertificateRevocationList) -> TrustStore:
+        """A new store like this one, with ``crl`` in force for ``partner_id``.
+
+        The caller has checked the CRL (``gateway.crl.accept``); identities carried into
+        this store are not carried into the new one (``carry`` it again).
+        """
+        new = TrustStore.__new__(TrustStore)
+        new.partners = dict(self.partners)
+        new.partners[partner_id] = replace(self.partners[partner_id], crl=crl)
+        new._memo = {}
+        new._carried = {}
+        return new
 
     def carry(self, identities: Mapping[bytes, str]) -> None:
         """Keep the identities of connections left open across a reload (until expiry)."""
@@ -156,7 +181,7 @@ class TrustStore:
         cert = x509.load_der_x509_certificate(der)
         if _revoked(cert, trust):
             return AuthError(
-                f"certificate {_subject(cert)} serial {cert.serial_number:x} is revoked",
+                f"certificate {_subject(cert)} serial {serial_hex(cert.serial_number)} is revoked",
                 code="AUTH_REVOKED",
                 partner=partner_id,
             )
@@ -250,7 +275,7 @@ def check_certificate(
     _check_crl_fresh(trust, now)
     if _revoked(cert, trust):
         raise AuthError(
-            f"certificate {_subject(cert)} serial {cert.serial_number:x} is revoked",
+            f"certificate {_subject(cert)} serial {serial_hex(cert.serial_number)} is revoked",
             code="AUTH_REVOKED",
             partner=trust.partner_id,
         )
@@ -315,7 +340,7 @@ def _issuer(cert: x509.Certificate, cas: tuple[x509.Certificate, ...]) -> x509.C
     return None
 
 
-def _load_partner(partner: Partner) -> PartnerTrust:
+def _load_partner(partner: Partner, now: datetime, allow_stale_crl: bool = False) -> PartnerTrust:
     try:
         cas = tuple(load_certs(partner.ca))
         signing = tuple(c for path in partner.signing_certs for c in load_certs(path))
@@ -324,10 +349,21 @@ def _load_partner(partner: Partner) -> PartnerTrust:
         raise ConfigError(f"partner {partner.id}: {exc.reason}", code=exc.code) from None
     if not cas:
         raise ConfigError(f"partner {partner.id}: {partner.ca}: no certificate in file")
-    if crl is not None and not any(_crl_signed_by(crl, ca) for ca in cas):
+    if crl is not None and not any(crl_signed_by(crl, ca) for ca in cas):
         raise ConfigError(
             f"partner {partner.id}: {partner.crl}: the CRL is not signed by the partner's CA",
             code="CONFIG_CRL_ISSUER",
+        )
+    next_update = crl.next_update_utc if crl is not None else None
+    stale = next_update is not None and next_update < now
+    if stale and partner.crl_stale == "refuse" and not allow_stale_crl:
+        # loading it would cut the partner off at once; say so now, not at the first connection
+        raise ConfigError(
+            f"partner {partner.id}: {partner.crl}: the CRL is past its nextUpdate "
+            f"({next_update:%Y-%m-%dT%H:%M:%SZ}); install a current one (`maagw certs fetch-crl`) "
+            'or set crl_stale = "warn" for this partner',
+            code="CONFIG_CRL_STALE",
+            partner=partner.id,
         )
     return PartnerTrust(
         partner_id=partner.id,
@@ -337,10 +373,12 @@ def _load_partner(partner: Partner) -> PartnerTrust:
         crl=crl,
         crl_stale=partner.crl_stale,
         ca_pem=b"".join(c.public_bytes(Encoding.PEM) for c in cas),
+        crl_path=partner.crl,
     )
 
 
-def _crl_signed_by(crl: x509.CertificateRevocationList, ca: x509.Certificate) -> bool:
+def crl_signed_by(crl: x509.CertificateRevocationList, ca: x509.Certificate) -> bool:
+    """True when ``ca`` issued and signed ``crl``."""
     if crl.issuer != ca.subject:
         return False
     try:

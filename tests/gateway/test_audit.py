@@ -294,7 +294,7 @@ async def test_append_many_gives_consecutive_seqs(audit_url: str) -> None:
 
 
 async def test_failed_write_raises_and_leaves_no_hole(audit_url: str) -> None:
-    """A write that fails raises AuditError to its appenders; the next append takes the next seq."""
+    """Failed writes raise AuditError, are logged at error once per episode, and leave no hole."""
     log = await AuditLog.open(audit_url, gateway_id="XA")
     real = log._store.write_batch
 
@@ -304,12 +304,25 @@ async def test_failed_write_raises_and_leaves_no_hole(audit_url: str) -> None:
     try:
         first = await log.append(ev(1))
         log._store.write_batch = failing  # type: ignore[method-assign]
-        with capture_logs() as logs, pytest.raises(AuditError) as info:
-            await log.append(ev(2))
-        assert info.value.code == "AUDIT_STORE_FAILED"
-        assert [e["event"] for e in logs] == ["audit_write_failed"]
+        with capture_logs() as logs:
+            for i in (2, 3, 4):
+                with pytest.raises(AuditError) as info:
+                    await log.append(ev(i))
+                assert info.value.code == "AUDIT_STORE_FAILED"
+        assert not log.health.healthy
+        # one error line for the whole episode, not one per failed write
+        errors = [e for e in logs if e["log_level"] == "error"]
+        assert [(e["event"], e["store"]) for e in errors] == [("store_failed", "audit")]
         log._store.write_batch = real  # type: ignore[method-assign]
-        assert await log.append(ev(3)) == first + 1
+        log.health._every, log.health._quiet = 0.05, 0.2
+        with capture_logs() as logs:
+            assert await log.append(ev(5)) == first + 1
+            assert log.health.healthy
+            for _ in range(100):  # the episode ends after a quiet period
+                if log.health._prober is None:
+                    break
+                await asyncio.sleep(0.05)
+        assert [e["event"] for e in logs if e["log_level"] == "warning"] == ["store_recovered"]
     finally:
         await log.close()
     assert (await verify(audit_url)).ok
@@ -364,7 +377,10 @@ async def test_schema_version_is_recorded_and_newer_refused(audit_url: str) -> N
     """Opening records the schema version; a database from a newer gateway is refused."""
     await filled(audit_url, None, n=1)
     raw = Raw(audit_url)
-    assert await raw.fetch("SELECT version FROM audit_schema_version") == [(1,)]
+    assert await raw.fetch("SELECT version FROM audit_schema_version ORDER BY version") == [
+        (1,),
+        (2,),
+    ]
     await raw.execute("INSERT INTO audit_schema_version VALUES (99, 'later')")
     with pytest.raises(AuditError) as info:
         await AuditLog.open(audit_url, gateway_id="XA")

@@ -879,3 +879,185 @@ def test_rotate_with_config_is_an_audited_operator_action(tmp_path: Path) -> Non
     found = asyncio.run(entries())
     assert [(e.code, e.actor) for e in found] == [("CERT_ROTATED", "op:bob")]
     assert found[0].details_obj()["old_pin"] != found[0].details_obj()["new_pin"]
+
+
+def _xb_crl(root: Path, **kw: object) -> Path:
+    """Give XB's partner file (from write_config) a CRL of XB's CA; the CRL's path."""
+    crl = root / "config" / "partners" / "certs" / "XB-crl.pem"
+    certs.make_crl(root / "xb" / "ca", crl, **kw)  # type: ignore[arg-type]
+    toml = root / "config" / "partners" / "XB.toml"
+    toml.write_text(toml.read_text().replace('crl = ""', 'crl = "certs/XB-crl.pem"'))
+    return crl
+
+
+@pytest.mark.parametrize(("next_update_days", "flag"), [(7, ""), (1, "EXPIRING")])
+def test_cli_list_config_shows_partner_crls_with_next_update(
+    tmp_path: Path, next_update_days: int, flag: str
+) -> None:
+    """list --config has a line per partner CRL: issuer, CRL number, crl, nextUpdate, days left, file, flag."""
+    config = write_config(tmp_path)
+    crl = _xb_crl(tmp_path, next_update_days=next_update_days)
+    result = run("list", "--config", str(config))
+    assert result.exit_code == 0, result.output
+    [row] = [line.split("\t") for line in result.stdout.splitlines() if "\tcrl\t" in line]
+    assert row[:3] == ["CN=XB CA", "01", "crl"]
+    assert row[4] == f"{next_update_days - 1}d" and Path(row[5]) == crl
+    assert (row[6] if len(row) > 6 else "") == flag
+
+
+def test_cli_list_dir_shows_a_stale_crl(ca_dir: Path, out: Path) -> None:
+    """list DIR includes CRL files and flags one past its nextUpdate STALE."""
+    issue_one(ca_dir, out)
+    certs.make_crl(ca_dir, out / "ca.crl", now=NOW - dt.timedelta(days=10), next_update_days=1)
+    result = run("list", str(out))
+    assert result.exit_code == 0, result.output
+    [row] = [line.split("\t") for line in result.stdout.splitlines() if "\tcrl\t" in line]
+    assert row[-1] == "STALE" and row[-2] == str(out / "ca.crl")
+
+
+class _CrlHttp:
+    """A stdlib HTTP server in a thread answering every GET with ``body`` (for CLI tests)."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        state = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(state.body)))
+                self.end_headers()
+                self.wfile.write(state.body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.body = b""
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/xb.crl"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def crl_http() -> Iterator[_CrlHttp]:
+    server = _CrlHttp()
+    yield server
+    server.close()
+
+
+def test_cli_fetch_crl_replaces_a_stale_crl_and_is_audited(
+    tmp_path: Path, crl_http: _CrlHttp
+) -> None:
+    """fetch-crl writes a fresh CRL over a stale one (which the gateway would refuse to load) and audits it."""
+    import asyncio
+
+    from gateway.audit import AuditLog
+    from gateway.config import load_settings
+
+    config = write_config(tmp_path)
+    crl = _xb_crl(tmp_path, now=NOW - dt.timedelta(days=10), next_update_days=1)
+    toml = tmp_path / "config" / "partners" / "XB.toml"
+    toml.write_text(toml.read_text() + f'crl_url = "{crl_http.url}"\n')
+    fresh = tmp_path / "fresh.pem"
+    certs.make_crl(tmp_path / "xb" / "ca", fresh)
+    crl_http.body = fresh.read_bytes()
+    result = run("fetch-crl", "--config", str(config), "--actor", "op:carol")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.split() == [str(crl)] and crl.read_bytes() == fresh.read_bytes()
+    assert "XB: CRL number 2" in result.stderr
+    settings = load_settings(config)
+
+    async def actions() -> list:  # type: ignore[type-arg]
+        audit = await AuditLog.open(settings.audit_url, gateway_id="XA")
+        try:
+            return await audit.search(event="operator_action")
+        finally:
+            await audit.close()
+
+    [entry] = asyncio.run(actions())
+    assert (entry.code, entry.partner, entry.actor) == ("CRL_FETCHED", "XB", "op:carol")
+
+
+def test_cli_fetch_crl_keeps_the_file_and_exits_1_when_the_answer_is_unusable(
+    tmp_path: Path, crl_http: _CrlHttp
+) -> None:
+    """An unusable answer leaves the CRL file untouched, says why on stderr and exits 1."""
+    config = write_config(tmp_path)
+    crl = _xb_crl(tmp_path)
+    before = crl.read_bytes()
+    toml = tmp_path / "config" / "partners" / "XB.toml"
+    toml.write_text(toml.read_text() + f'crl_url = "{crl_http.url}"\n')
+    crl_http.body = b"<html>not a CRL</html>"
+    result = run("fetch-crl", "--config", str(config))
+    assert result.exit_code == 1
+    assert "CRL_FETCH_CORRUPT" in result.stderr and crl.read_bytes() == before
+
+
+def test_cli_rotate_finds_the_configuration_and_lists_partners_to_import(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without --config, rotate uses config/gateway.toml of the working directory, records the certificate and lists partners."""
+    import asyncio
+
+    from gateway.audit import AuditLog
+    from gateway.config import load_settings
+
+    config = write_config(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MAAGW_CONFIG", raising=False)
+    result = run("rotate", "--ca", str(tmp_path / "certs" / "ca"), "--name", "sig",
+                 "--out", str(tmp_path / "certs"))  # fmt: skip
+    assert result.exit_code == 0, result.output
+    new = certs.load_cert(next(Path(p) for p in result.stdout.split() if p.endswith(".pem")))
+    assert f"cert_sha256={certs.cert_sha256(new)}" in result.stderr
+    assert f"serial={certs.serial_hex(new.serial_number)}" in result.stderr
+    assert "recorded: the new signing certificate in the audit log of XA" in result.stderr
+    assert (
+        "XB (https://127.0.0.1:8444): maagw certs import-partner --id XA --ca ca.pem"
+        in result.stderr
+    )
+    settings = load_settings(config)
+
+    async def recorded() -> list:  # type: ignore[type-arg]
+        audit = await AuditLog.open(settings.audit_url, gateway_id="XA")
+        try:
+            return await audit.cert_records()
+        finally:
+            await audit.close()
+
+    shas = [r.sha256 for r in asyncio.run(recorded())]
+    assert shas == [
+        certs.cert_sha256(certs.load_cert(tmp_path / "certs" / "sig.pem")),
+        certs.cert_sha256(new),
+    ]
+
+
+def test_cli_rotate_says_when_it_could_not_record(
+    ca_dir: Path, out: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With no configuration to find, rotate still rotates and says plainly that nothing was recorded."""
+    issue_one(ca_dir, out, "signing", "sig")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MAAGW_CONFIG", raising=False)
+    result = run("rotate", "--ca", str(ca_dir), "--name", "sig", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert "not recorded in an audit log: no configuration at config/gateway.toml" in result.stderr
+
+
+def test_cli_rotate_refuses_a_configuration_of_another_certificate(
+    tmp_path: Path, ca_dir: Path, out: Path
+) -> None:
+    """An explicit --config whose signing certificate is not the one rotated is refused before anything is issued."""
+    config = write_config(tmp_path / "gw")
+    issue_one(ca_dir, out, "signing", "other")
+    result = run(
+        "rotate", "--ca", str(ca_dir), "--name", "other", "--out", str(out), "--config", str(config)
+    )
+    assert result.exit_code == 2 and "CONFIG_ROTATION_MISMATCH" in result.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["other.key", "other.pem"]

@@ -14,8 +14,8 @@ from cryptography.x509.oid import NameOID
 from lxml import etree
 from structlog.testing import capture_logs
 
+from gateway import certs, signing
 from gateway import envelope as envelope_mod
-from gateway import signing
 from gateway.cli_envelope import envelope
 
 
@@ -92,12 +92,16 @@ def _sign(files: dict[str, Path], tmp_path: Path) -> Path:
 
 
 def test_sign_then_verify(files: dict[str, Path], tmp_path: Path) -> None:
-    """sign writes a signed document that verify accepts, printing subject and fingerprint."""
+    """sign writes a signed document that verify accepts, printing the subject and the labelled serial, fingerprint and pin."""
     signed = _sign(files, tmp_path)
     result = CliRunner().invoke(envelope, ["verify", "--cert", str(files["cert"]), str(signed)])
     assert result.exit_code == 0, result.output
     cert = x509.load_pem_x509_certificate(files["cert"].read_bytes())
-    assert result.stdout == f"signer: CN=xa {signing.cert_fingerprint(cert)}\n"
+    assert result.stdout == (
+        f"signer: CN=xa serial={certs.serial_hex(cert.serial_number)} "
+        f"cert_sha256={signing.cert_fingerprint(cert).removeprefix('sha256:')} "
+        f"spki_pin={certs.spki_pin(cert)}\n"
+    )
 
 
 @pytest.mark.parametrize(
@@ -133,7 +137,7 @@ def test_verify_interop_profile_accepts_a_partner_vector() -> None:
     assert strict.stderr.startswith("SIG_PROFILE: ")
     interop = CliRunner().invoke(envelope, [*args, "--profile", "interop", doc])
     assert interop.exit_code == 0, interop.output
-    assert interop.stdout.startswith("signer: CN=signxml test sha256:")
+    assert interop.stdout.startswith("signer: CN=signxml test serial=")
 
 
 def test_inspect_prints_header_fields_after_verification(

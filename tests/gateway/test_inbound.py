@@ -67,6 +67,19 @@ async def test_read_body_stops_a_chunked_body_without_waiting_for_its_end() -> N
     assert await asyncio.wait_for(read_body(request, LIMIT), 1) is None  # type: ignore[arg-type]
 
 
+async def test_read_body_gives_up_on_a_body_that_stops_arriving() -> None:
+    """A body that stalls before its declared end raises TimeoutError after ``timeout``."""
+    request = _request([b"x" * 10], 100, eof=False)
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(read_body(request, LIMIT, timeout=0.1), 5)  # type: ignore[arg-type]
+
+
+async def test_read_body_within_its_timeout_returns_the_body() -> None:
+    """A body that is all there is read whole under a timeout."""
+    request = _request([b"a" * 10, b"b" * 5], 15)
+    assert await read_body(request, LIMIT, timeout=5) == b"a" * 10 + b"b" * 5  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize(
     ("xml", "expected"),
     [

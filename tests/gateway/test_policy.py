@@ -738,6 +738,47 @@ def test_rate_limiter_follows_a_reloaded_rate() -> None:
     assert [limiter.check(fast, "XA", "XB", 0.0) for _ in range(5)] == [0.0] * 5
 
 
+def test_token_bucket_wait_tells_without_taking() -> None:
+    """``wait`` reports the same as ``try_take`` would, and leaves the token there."""
+    bucket = TokenBucket(rate_per_minute=60, burst=1)
+    assert bucket.wait(0.0) == 0.0
+    assert bucket.wait(0.0) == 0.0
+    assert bucket.try_take(0.0) == 0.0
+    assert bucket.wait(0.5) == pytest.approx(0.5)
+    assert bucket.try_take(0.5) == pytest.approx(0.5)
+
+
+def test_refusals_have_an_allowance_the_size_of_all_the_senders_flows() -> None:
+    """The refusal allowance sums the sender's flows in every agreement; it does not touch theirs."""
+    first = make_agreement(flow_rules(rate_per_minute=60, burst=2))
+    second = make_agreement(flow_rules(rate_per_minute=60, burst=1), id="other")
+    agreements = {a.id: a for a in (first, second)}
+    limiter = RateLimiter()
+    for _ in range(3):
+        assert limiter.refusal_wait(agreements, "XA", "XB", 0.0) == 0.0
+        limiter.refused(agreements, "XA", "XB", 0.0)
+    # three refusals (bursts 2 + 1) used it up; it refills at 60 + 60 a minute
+    assert limiter.refusal_wait(agreements, "XA", "XB", 0.0) == pytest.approx(0.5)
+    assert limiter.refusal_wait(agreements, "XA", "XB", 0.5) == 0.0
+    # the flows' own buckets, and the other direction's allowance, are untouched
+    assert limiter.check(first, "XA", "XB", 0.0) == 0.0
+    assert limiter.refusal_wait(agreements, "XB", "XA", 0.0) == 0.0
+
+
+def test_a_sender_without_any_flow_gets_the_small_default_refusal_allowance() -> None:
+    """A partner no agreement lets send may still be refused, but only so often."""
+    from gateway.policy import REFUSALS_WITHOUT_FLOW_PER_MINUTE
+
+    agreements = {"a": make_agreement()}
+    limiter = RateLimiter()
+    refused = 0
+    while limiter.refusal_wait(agreements, "XC", "XB", 0.0) == 0.0:
+        limiter.refused(agreements, "XC", "XB", 0.0)
+        refused += 1
+        assert refused <= 1000
+    assert refused == REFUSALS_WITHOUT_FLOW_PER_MINUTE
+
+
 def test_evaluate_requires_an_aware_time() -> None:
     """A naive datetime is a programming error, not a silent allow."""
     with pytest.raises(TypeError):

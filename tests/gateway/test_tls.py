@@ -126,12 +126,6 @@ def _no_certificate(w: World) -> tuple[Path | None, Partner]:
     return None, w.partner("XA")
 
 
-def _stale_crl(w: World) -> tuple[Path | None, Partner]:
-    cert = w.root / "XA" / "certs" / "client.pem"
-    crl = w.crl("XA", now=NOW - dt.timedelta(days=10), next_update_days=1)
-    return cert, w.partner("XA", cert, crl=crl)
-
-
 @pytest.mark.parametrize(
     ("case", "code"),
     [
@@ -141,7 +135,6 @@ def _stale_crl(w: World) -> tuple[Path | None, Partner]:
         (_unpinned, "AUTH_PIN_MISMATCH"),
         (_unknown_issuer, "AUTH_UNKNOWN_ISSUER"),
         (_no_certificate, "AUTH_NO_CERTIFICATE"),
-        (_stale_crl, "AUTH_CRL_STALE"),
     ],
 )
 def test_refused_certificates_name_their_reason(world: World, case: Case, code: str) -> None:
@@ -151,6 +144,48 @@ def test_refused_certificates_name_their_reason(world: World, case: Case, code: 
     with pytest.raises(AuthError) as caught:
         trust.authenticate(world.der(cert) if cert else None)
     assert caught.value.code == code
+
+
+def test_a_crl_that_went_stale_after_loading_refuses_the_partner(world: World) -> None:
+    """A CRL fresh when loaded but past its nextUpdate now refuses the partner's certificates."""
+    cert = world.root / "XA" / "certs" / "client.pem"
+    crl = world.crl("XA", now=NOW - dt.timedelta(days=10), next_update_days=1)
+    trust = TrustStore({"XA": world.partner("XA", cert, crl=crl)}, now=NOW - dt.timedelta(days=10))
+    with pytest.raises(AuthError) as caught:
+        trust.authenticate(world.der(cert))
+    assert caught.value.code == "AUTH_CRL_STALE"
+
+
+def test_loading_a_stale_crl_is_refused_unless_told(world: World) -> None:
+    """A CRL already past nextUpdate is a configuration error, unless crl_stale = "warn" or allowed."""
+    cert = world.root / "XA" / "certs" / "client.pem"
+    crl = world.crl("XA", now=NOW - dt.timedelta(days=10), next_update_days=1)
+    with pytest.raises(ConfigError) as caught:
+        TrustStore({"XA": world.partner("XA", cert, crl=crl)})
+    assert caught.value.code == "CONFIG_CRL_STALE"
+    assert "XA" in caught.value.reason and "nextUpdate" in caught.value.reason
+    assert (
+        TrustStore({"XA": world.partner("XA", cert, crl=crl, crl_stale="warn")}).partners["XA"].crl
+        is not None
+    )
+    assert TrustStore({"XA": world.partner("XA", cert, crl=crl)}, allow_stale_crl=True).partners
+
+
+def test_with_crl_puts_a_new_crl_in_force_for_one_partner_only(world: World) -> None:
+    """with_crl gives a new store where the new CRL revokes; the old store and other partners are untouched."""
+    xa_client = world.root / "XA" / "certs" / "client.pem"
+    xc_client = world.root / "XC" / "certs" / "client.pem"
+    old = TrustStore(
+        {"XA": world.partner("XA", xa_client, crl=world.crl("XA")), "XC": world.partner("XC")}
+    )
+    newer = certs.load_crl(world.crl("XA", xa_client))
+    new = old.with_crl("XA", newer)
+    assert old.authenticate(world.der(xa_client)) == "XA"
+    with pytest.raises(AuthError) as caught:
+        new.authenticate(world.der(xa_client))
+    assert caught.value.code == "AUTH_REVOKED"
+    assert new.authenticate(world.der(xc_client)) == "XC"
+    assert new.partners["XC"] is old.partners["XC"]
 
 
 def test_a_stale_crl_only_warns_when_the_partner_says_warn(world: World) -> None:
@@ -261,7 +296,8 @@ def test_signing_certificates_are_refused_while_the_crl_is_stale(world: World) -
     """With a CRL past nextUpdate (and the default "refuse"), no signing certificate is offered."""
     only = world.issue("XA", "signing", kind="signing")
     crl = world.crl("XA", now=NOW - dt.timedelta(days=10), next_update_days=1)
-    trust = TrustStore({"XA": world.partner("XA", signing_certs=(only,), crl=crl)})
+    partner = world.partner("XA", signing_certs=(only,), crl=crl)
+    trust = TrustStore({"XA": partner}, now=NOW - dt.timedelta(days=10))
     with pytest.raises(AuthError) as caught:
         trust.signing_certs("XA")
     assert caught.value.code == "AUTH_CRL_STALE"
@@ -274,3 +310,16 @@ def test_an_expired_signing_certificate_is_left_to_signature_verification(world:
     )
     trust = TrustStore({"XA": world.partner("XA", signing_certs=(old,))})
     assert trust.signing_certs("XA") == (certs.load_cert(old),)
+
+
+def test_a_revoked_certificate_is_named_by_its_serial_as_openssl_prints_it(world: World) -> None:
+    """The refusal of a revoked certificate names its serial in upper-case hex of even length."""
+    cert, partner = _revoked(world)
+    assert cert is not None
+    serial = certs.load_cert(cert).serial_number
+    trust = TrustStore({"XA": partner})
+    with pytest.raises(AuthError) as caught:
+        trust.authenticate(world.der(cert))
+    assert f"serial {certs.serial_hex(serial)} is revoked" in caught.value.reason
+    closing = trust.closing_reason(world.der(cert), "XA")
+    assert closing is not None and certs.serial_hex(serial) in closing.reason

@@ -84,11 +84,14 @@ async def test_unauthenticated_requests_are_refused_and_audited(
 
 
 async def test_healthz_is_open_and_readyz_reports_its_checks(xb: Gateway) -> None:
-    """/healthz needs no credential; /readyz with the token reports broker, audit and certificates."""
+    """/healthz needs no credential; /readyz with the token reports broker, stores and certificates."""
     health, _ = await call(xb, "GET", "/healthz")
     status, body = await call(xb, "GET", "/readyz", token=TOKEN)
     assert (health, status) == (200, 200)
-    assert body == {"ready": True, "checks": {"broker": True, "audit": True, "certificates": True}}
+    assert body == {
+        "ready": True,
+        "checks": {"broker": True, "state": True, "audit": True, "certificates": True},
+    }
 
 
 @pytest.mark.parametrize(

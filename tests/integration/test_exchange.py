@@ -13,6 +13,7 @@ import aio_pika
 
 from gateway.app import Gateway
 from gateway.config import Settings
+from gateway.relay import DELAYS
 from gateway.testing import BackOffice
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -73,7 +74,7 @@ async def test_message_waits_in_the_broker_while_the_partner_is_down(
         # the message is still held by the broker: in the partner queue or a delay queue
         names = xa.runtime.relay.names
         held = await bo_a.count(names.outbound_queue("XB"))
-        for delay in (1, 2, 5, 10):
+        for delay in DELAYS:
             held += await bo_a.count(names.retry_queue(delay))
         unacked = len(xa._outbound._inflight) if xa._outbound else 0
         assert held + unacked == 1

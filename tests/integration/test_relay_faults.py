@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import collections
 import json
 import os
 import signal
@@ -14,7 +13,6 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import aio_pika
 import pytest
 from click.testing import CliRunner
 
@@ -25,8 +23,12 @@ from gateway.demo import provision
 from gateway.relay import Names
 from gateway.testing import (
     BackOffice,
+    account,
     close_broker_connections,
+    collect,
     delete_topology,
+    open_office,
+    publish_many,
     start_gateway_process,
     unique_prefix,
 )
@@ -35,7 +37,7 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 REQUEST = (EXAMPLES / "national-json" / "maa.request.json").read_bytes()
 
 #: retries every second or two: faults heal within the tests' time
-FAST_RETRIES = "backoff_initial = 1.0\nbackoff_max = 2.0\nmax_attempts = 1000\nconcurrency = 16"
+FAST_RETRIES = "backoff_initial = 1.0\nbackoff_max = 2.0\nconcurrency = 16"
 
 
 @pytest.fixture
@@ -45,9 +47,7 @@ async def fast_pair(tmp_path: Path, rabbitmq: str) -> Any:
     agreements.mkdir()
     source = Path(__file__).resolve().parents[2] / "config" / "agreements" / "xa-xb-maa.toml"
     (agreements / "xa-xb-maa.toml").write_text(
-        source.read_text()
-        .replace("rate_per_minute = 600", "rate_per_minute = 600000")
-        .replace("max_attempts = 8", "max_attempts = 1000")
+        source.read_text().replace("rate_per_minute = 600", "rate_per_minute = 600000")
     )
     base = unique_prefix("relay")
     prov = provision(
@@ -64,45 +64,15 @@ async def fast_pair(tmp_path: Path, rabbitmq: str) -> Any:
 
 
 async def _office(s: Settings) -> BackOffice:
-    connection = await aio_pika.connect_robust(s.broker.url)
-    return await BackOffice(s, connection).open()
+    return await open_office(s)
 
 
 async def _publish_many(office: BackOffice, n: int, tag: str) -> list[str]:
-    ids = [f"{tag}-{i:05d}-{uuid.uuid4().hex[:8]}" for i in range(n)]
-    for mid in ids:
-        await office.send("XB", REQUEST, message_id=mid)
-    return ids
+    return await publish_many(office, "XB", REQUEST, n, tag)
 
 
-async def _collect(office: BackOffice, expected: set[str], timeout: float) -> list[Any]:
-    """Consume XB's inbound queue until every expected id arrived (and a little longer)."""
-    queue = await office.channel.get_queue(office.settings.name_of("maagw.inbound"))
-    got: list[Any] = []
-    seen: set[str] = set()
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    quiet_until: float | None = None
-    while loop.time() < deadline:
-        message = await queue.get(fail=False, no_ack=True)
-        if message is None:
-            if seen >= expected:
-                quiet_until = quiet_until or loop.time() + 2.0
-                if loop.time() > quiet_until:
-                    break
-            await asyncio.sleep(0.05)
-            continue
-        got.append(message)
-        seen.add(str(message.message_id))
-    return got
-
-
-def _account(got: list[Any], expected: set[str]) -> tuple[set[str], dict[str, int], list[Any]]:
-    counts = collections.Counter(str(m.message_id) for m in got)
-    lost = expected - set(counts)
-    dups = {mid: c for mid, c in counts.items() if c > 1}
-    copies = [m for m in got if str(m.message_id) in dups]
-    return lost, dups, copies
+_collect = collect
+_account = account
 
 
 async def test_partner_down_for_20_seconds_loses_nothing(fast_pair: Any) -> None:
