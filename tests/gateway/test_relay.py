@@ -42,7 +42,18 @@ def test_the_backoff_grows_exponentially_until_the_cap() -> None:
     assert 40 <= far <= 60
 
 
-@pytest.mark.parametrize(("asked", "expected"), [(1, 1), (4, 5), (30, 30), (31, 45), (10**6, 3600)])
+@pytest.mark.parametrize(("asked", "expected"), [(1, 1), (3, 4), (30, 30), (31, 60), (10**6, 3600)])
 def test_a_partners_retry_after_is_honoured(asked: float, expected: int) -> None:
     """A Retry-After gives the smallest delay queue at least that long, whatever the backoff."""
     assert delay_for(1, 1.0, 2.0, at_least=asked) == expected
+
+
+def test_the_shipped_definitions_file_is_the_current_topology() -> None:
+    """deploy/rabbitmq/definitions.json is what `maagw config topology --no-prefix` writes for XB."""
+    import json
+    from pathlib import Path
+
+    from gateway.relay import Names, topology
+
+    shipped = Path(__file__).resolve().parents[2] / "deploy" / "rabbitmq" / "definitions.json"
+    assert json.loads(shipped.read_text()) == topology(Names(""), ["XB"], vhost="/")
