@@ -224,7 +224,7 @@ async def test_a_public_readyz_tells_anyone_only_whether_the_gateway_is_ready(
     assert (status, body) == (200, {"ready": True})
     assert (authed, detail["checks"]) == (
         200,
-        {"broker": True, "audit": True, "certificates": True},
+        {"broker": True, "state": True, "audit": True, "certificates": True},
     )
     assert (wrong, reload_status) == (401, 401)
     # the publishing channel gone: the relay is not ready (the consumers keep theirs)
