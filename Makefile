@@ -11,7 +11,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 help:
 	@echo "make demo   two administrations exchange a signed request and reply end to end"
 	@echo "make test   unit and integration tests (real RabbitMQ, PostgreSQL, TLS, openssl, xmlsec1)"
-	@echo "make lint   ruff and mypy"
+	@echo "make lint   ruff, mypy --strict and import-linter (the architecture's import rules)"
 	@echo "make bench  benchmarks (see bench/README.md)"
 	@echo "make certs  development certificates for the example configuration in config/"
 
@@ -40,6 +40,7 @@ lint: venv
 	$(BIN)/ruff check gateway adapters tests bench
 	$(BIN)/ruff format --check gateway adapters tests bench
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 certs: venv
 	@bash deploy/scripts/dev-certs.sh

@@ -23,8 +23,8 @@ import aio_pika
 import aiohttp
 from aiohttp import web
 
-from gateway.config import load_settings
-from gateway.tls import TrustStore
+from gateway.config.files import load_settings
+from gateway.trust.identity import TrustStore
 
 
 async def receiver(config: str, queue_name: str, port: int) -> None:

@@ -16,15 +16,16 @@ import tempfile
 import time
 from pathlib import Path
 
-from gateway.audit import AuditEvent, AuditLog
-from gateway.audit_testing import (
+from gateway.audit.chain import AuditEvent
+from gateway.audit.log import AuditLog
+from gateway.service.logging import configure
+from gateway.testing.audit import (
     EcSigner,
     PgUnavailable,
     reset_audit_tables,
     start_scratch_pg,
     stop_scratch_pg,
 )
-from gateway.log import configure
 
 
 def event(n: int, i: int) -> AuditEvent:

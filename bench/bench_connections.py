@@ -95,10 +95,10 @@ def _configure(config: Path, settings: list[str]) -> None:
 
 
 async def main(connections: int, rounds: int, settings: list[str], env: list[str]) -> None:
-    from gateway.config import load_settings
+    from gateway.config.files import load_settings
     from gateway.demo import provision
-    from gateway.relay import Names
-    from gateway.testing import delete_topology, start_gateway_process, unique_prefix
+    from gateway.relay.topology import Names
+    from gateway.testing.broker import delete_topology, start_gateway_process, unique_prefix
 
     root = Path(tempfile.mkdtemp(prefix="maagw-bench-conn-"))
     prefix = unique_prefix("bench")

@@ -16,7 +16,8 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from gateway.policy import Agreement, PolicyRequest, evaluate, load_agreements
+from gateway.config.agreement import Agreement, load_agreements
+from gateway.policy.engine import PolicyRequest, evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -17,8 +17,9 @@ from typing import Any
 
 import aio_pika
 
-from gateway.relay import Names, Relay
-from gateway.testing import RABBITMQ_URL, delete_topology
+from gateway.relay.broker import Relay
+from gateway.relay.topology import Names
+from gateway.testing.broker import RABBITMQ_URL, delete_topology
 
 BODY = b"x" * 3000
 

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 from lxml import etree
 
-from gateway import signing
+from gateway.xml import signature as signing
 
 
 def envelope_bytes(size: int = 3 * 1024) -> bytes:

@@ -137,12 +137,12 @@ async def run_phase(job: Job, clients: int) -> tuple[float, float]:
 
 
 async def main(seconds: float, clients: int, threads: int) -> None:
-    from gateway import log as logsetup
-    from gateway.app import Gateway
-    from gateway.config import load_settings
+    from gateway.config.files import load_settings
     from gateway.demo import provision
-    from gateway.relay import Names
-    from gateway.testing import delete_topology, unique_prefix
+    from gateway.relay.topology import Names
+    from gateway.service import logging as logsetup
+    from gateway.service.gateway import Gateway
+    from gateway.testing.broker import delete_topology, unique_prefix
 
     logsetup.configure("console", "WARNING")
     root = Path(tempfile.mkdtemp(prefix="maagw-bench-tls-"))

@@ -48,10 +48,11 @@ import _report  # noqa: E402
 import aio_pika  # noqa: E402
 import aiohttp  # noqa: E402
 
-from gateway.config import Settings, load_settings  # noqa: E402
+from gateway.config.files import load_settings  # noqa: E402
+from gateway.config.models import Settings  # noqa: E402
 from gateway.demo import provision  # noqa: E402
-from gateway.relay import Names  # noqa: E402
-from gateway.testing import (  # noqa: E402
+from gateway.relay.topology import Names  # noqa: E402
+from gateway.testing.broker import (  # noqa: E402
     RABBITMQ_URL,
     delete_topology,
     start_gateway_process,
@@ -447,7 +448,7 @@ class Bench:
         channel = await self.connection.channel()
         for q in names.values():
             await channel.declare_queue(q, durable=True, arguments={"x-queue-type": "quorum"})
-        from gateway.app import free_port
+        from gateway.service.gateway import free_port
 
         port = free_port()
         port_arg = ["--port", str(port)]
@@ -496,7 +497,7 @@ class Bench:
         warm, bodies = signed[:WARM_UP], signed[WARM_UP:]
         ids = [mid for mid, _ in bodies]
         xa, xb = self.settings["XA"], self.settings["XB"]
-        from gateway.tls import TrustStore
+        from gateway.trust.identity import TrustStore
 
         ctx = TrustStore(xa.partners).client_context("XB", xa.tls)
         url = f"https://127.0.0.1:{xb.partner_api.port}/v1/messages"
@@ -642,8 +643,8 @@ class Bench:
 def presign(xa: Settings, n: int) -> list[tuple[str, bytes]]:
     """``n`` envelopes from XA to XB carrying the maa-xml request, signed with XA's key."""
     import adapters
-    from gateway import envelope
-    from gateway.signing import Signer
+    from gateway.xml import envelope
+    from gateway.xml.signature import Signer
 
     signer = Signer.from_files(xa.signing.key, xa.signing.cert)
     exchange = adapters.get("maa-xml")
@@ -776,7 +777,7 @@ async def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from gateway.log import configure
+    from gateway.service.logging import configure
 
     # the bench's own provisioning logs would drown the table
     configure("console", "WARNING")

@@ -28,16 +28,24 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import aio_pika
 import click
 
-from gateway import certs
-from gateway.config import Settings, load_settings
+from gateway import pem
+from gateway.ca import authority
+from gateway.config.files import load_settings
+from gateway.config.models import Settings
+from gateway.contract import AmqpHeader
 from gateway.errors import ConfigError
-from gateway.relay import broker_error
+from gateway.relay import back_office
+from gateway.relay.back_office import BackOffice, connect_robust
+from gateway.relay.broker import broker_error
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
 EXAMPLES = PROJECT_ROOT / "examples"
+
+
 AGREEMENTS = PROJECT_ROOT / "config" / "agreements"
 
 
@@ -68,7 +76,7 @@ def provision(
     ``admin_token``: also write ``root/<ID>/admin.token`` (mode 0600) and name it as
     ``[admin] token_file``, so that ``/readyz`` and ``maagw reload`` work.
     """
-    from gateway.app import free_port
+    from gateway.service.gateway import free_port
 
     prefixes = prefixes or {gid: f"{gid.lower()}." for gid in ids}
     ports = {gid: (free_port(), free_port()) for gid in ids}
@@ -76,13 +84,13 @@ def provision(
         base = root / gid
         ca_dir = base / "ca"
         cert_dir = base / "certs"
-        certs.init_ca(f"{gid} Customs Gateway CA", ca_dir)
+        authority.init_ca(f"{gid} Customs Gateway CA", ca_dir)
         host = f"gw.{gid.lower()}.test"
-        certs.issue(
+        authority.issue(
             ca_dir, "tls-server", "tls-server", cert_dir, sans=[host, "localhost", "127.0.0.1"]
         )
-        certs.issue(ca_dir, "tls-client", "tls-client", cert_dir)
-        certs.issue(ca_dir, "signing", "signing", cert_dir)
+        authority.issue(ca_dir, "tls-client", "tls-client", cert_dir)
+        authority.issue(ca_dir, "signing", "signing", cert_dir)
     result: dict[str, Provisioned] = {}
     for gid in ids:
         base = root / gid
@@ -95,7 +103,7 @@ def provision(
             shutil.copy(obase / "ca" / "ca.pem", pdir / f"{other}-ca.pem")
             shutil.copy(obase / "certs" / "signing.pem", pdir / f"{other}-signing.pem")
             pins = [
-                certs.spki_pin(certs.load_cert(obase / "certs" / f"{n}.pem"))
+                pem.spki_pin(pem.load_cert(obase / "certs" / f"{n}.pem"))
                 for n in ("tls-client", "tls-server")
             ]
             (base / "partners" / f"{other}.toml").write_text(
@@ -188,9 +196,9 @@ class Timeline:
 
 
 async def _exchange(settings: dict[str, Settings], timeline: Timeline) -> bool:
-    from gateway.app import Gateway
+    from gateway.service.gateway import Gateway
 
-    xa, xb = settings["XA"], settings["XB"]
+    xa = settings["XA"]
     started: list[Gateway] = []
     try:
         for s in settings.values():
@@ -201,28 +209,28 @@ async def _exchange(settings: dict[str, Settings], timeline: Timeline) -> bool:
         for g in started:
             await g.stop()
         raise
-    connection = await aio_pika.connect_robust(xa.broker.url)
+    connection = await connect_robust(xa.broker.url)
     try:
-        channel = await connection.channel(publisher_confirms=True)
+        offices = {gid: await BackOffice(s, connection).open() for gid, s in settings.items()}
         # the national form limits references to 35 characters (as the WCO data model does)
         request_id = f"XA-REQ-{uuid.uuid4().hex[:20].upper()}"
         reply_id = f"XB-REP-{uuid.uuid4().hex[:20].upper()}"
         request = (EXAMPLES / "national-json" / "maa.request.json").read_bytes()
         reply = _reply_with_declaration(request_id)
 
-        await _publish(channel, xa, "XB", request, request_id, "maa.request", None)
+        await _publish(offices["XA"], "XB", request, request_id, "maa.request", None)
         timeline.add("XA back office", "published maa.request (national-json)", "sent", request_id)
-        got = await _consume_inbound(channel, xb, request_id, timeline, "XB back office")
+        got = await _consume_inbound(offices["XB"], request_id, timeline, "XB back office")
         ok_request = got is not None and await _wait_event(
-            channel, xa, request_id, "delivered", timeline, "XA back office"
+            offices["XA"], request_id, "delivered", timeline, "XA back office"
         )
         ok_reply = False
         if ok_request:
-            await _publish(channel, xb, "XA", reply, reply_id, "maa.reply", request_id)
+            await _publish(offices["XB"], "XA", reply, reply_id, "maa.reply", request_id)
             timeline.add("XB back office", "published maa.reply with NCTS CC015C", "sent", reply_id)
-            got_reply = await _consume_inbound(channel, xa, reply_id, timeline, "XA back office")
+            got_reply = await _consume_inbound(offices["XA"], reply_id, timeline, "XA back office")
             ok_reply = got_reply is not None and await _wait_event(
-                channel, xb, reply_id, "delivered", timeline, "XB back office"
+                offices["XB"], reply_id, "delivered", timeline, "XB back office"
             )
     finally:
         await connection.close()
@@ -249,78 +257,65 @@ def _reply_with_declaration(request_id: str) -> bytes:
 
 
 async def _publish(
-    channel: Any,
-    s: Settings,
+    office: BackOffice,
     partner: str,
     body: bytes,
     message_id: str,
     message_type: str,
     correlation_id: str | None,
 ) -> None:
-    exchange = await channel.get_exchange(s.name_of("maagw.outbound"))
-    await exchange.publish(
-        aio_pika.Message(
-            body,
-            message_id=message_id,
-            type=message_type,
-            correlation_id=correlation_id,
-            content_type="application/json",
-            headers={"x-maagw-format": "national-json"},
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-        ),
-        routing_key=partner,
+    await office.send(
+        partner,
+        body,
+        message_id=message_id,
+        message_type=message_type,
+        correlation_id=correlation_id,
+        content_type="application/json",
     )
 
 
 async def _consume_inbound(
-    channel: Any, s: Settings, message_id: str, timeline: Timeline, who: str, timeout: float = 15.0
+    office: BackOffice, message_id: str, timeline: Timeline, who: str, timeout: float = 15.0
 ) -> bytes | None:
-    queue = await channel.get_queue(s.name_of("maagw.inbound"))
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        message = await queue.get(fail=False, no_ack=False)
-        if message is None:
-            await asyncio.sleep(0.05)
-            continue
-        await message.ack()
-        if message.message_id == message_id:
-            fmt = (message.headers or {}).get("x-maagw-format")
-            timeline.add(who, f"consumed {message.type} ({fmt})", "received", message_id)
-            return bytes(message.body)
-    timeline.add(who, "waited for the message", "TIMEOUT", message_id)
-    return None
+    message = await office.take(
+        "maagw.inbound", lambda m: m.message_id == message_id, timeout=timeout
+    )
+    if message is None:
+        timeline.add(who, "waited for the message", "TIMEOUT", message_id)
+        return None
+    fmt = (message.headers or {}).get(AmqpHeader.FORMAT)
+    fmt_name = fmt.decode() if isinstance(fmt, bytes) else str(fmt)
+    timeline.add(who, f"consumed {message.type} ({fmt_name})", "received", message_id)
+    return bytes(message.body)
 
 
 async def _wait_event(
-    channel: Any,
-    s: Settings,
+    office: BackOffice,
     message_id: str,
     status: str,
     timeline: Timeline,
     who: str,
     timeout: float = 15.0,
 ) -> bool:
-    queue = await channel.get_queue(s.name_of("maagw.events"))
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        message = await queue.get(fail=False, no_ack=False)
-        if message is None:
-            await asyncio.sleep(0.05)
-            continue
-        await message.ack()
+    def note(message: Any) -> None:
         event = json.loads(message.body)
         if event.get("message_id") == message_id:
             timeline.add(
                 who, f"event {event['status']}", event.get("receipt", event["status"]), message_id
             )
-            if event["status"] == status:
-                return True
+
+    def wanted(message: Any) -> bool:
+        event = json.loads(message.body)
+        return bool(event.get("message_id") == message_id and event["status"] == status)
+
+    if await office.take("maagw.events", wanted, timeout=timeout, seen=note) is not None:
+        return True
     timeline.add(who, f"waited for event {status}", "TIMEOUT", message_id)
     return False
 
 
 async def _audit_rows(s: Settings, gid: str, ids: list[str], timeline: Timeline) -> None:
-    from gateway.audit import AuditLog
+    from gateway.audit.log import AuditLog
 
     audit = await AuditLog.open(s.audit_url, gateway_id=s.gateway_id)
     seen: set[int] = set()
@@ -403,7 +398,8 @@ def _kept_state(root: Path, xa: Provisioned) -> str:
 
 def _remove_broker_objects(url: str, prefixes: dict[str, str]) -> None:
     """Delete the run's exchanges and queues; a failure is reported, never raised."""
-    from gateway.relay import Names, delete_topology
+    from gateway.relay.broker import delete_topology
+    from gateway.relay.topology import Names
 
     async def remove() -> None:
         for gid, prefix in prefixes.items():
@@ -421,12 +417,8 @@ def _remove_broker_objects(url: str, prefixes: dict[str, str]) -> None:
 
 
 def _require_broker(url: str) -> None:
-    async def probe() -> None:
-        connection = await aio_pika.connect(url, timeout=5)
-        await connection.close()
-
     try:
-        asyncio.run(probe())
+        asyncio.run(back_office.probe(url))
     except Exception as exc:
         error = broker_error(exc, url)
         if error.code != "RELAY_UNAVAILABLE":  # a broker answered: its refusal says what to fix

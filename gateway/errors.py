@@ -165,3 +165,14 @@ def http_status(code: str) -> int:
         if code.startswith(prefix) and len(prefix) > len(best):
             best = prefix
     return HTTP_STATUS[best] if best else 500
+
+
+#: claim states: 'claimed' (publishing now), 'published' (confirmed), 'uncertain' (a publish
+#: whose confirm never came: the broker may hold it, so a re-publish is marked as a possible
+#: duplicate)
+
+
+class StoreError(GatewayError):
+    """The state store could not be read or written."""
+
+    default_code = "STORE_FAILED"

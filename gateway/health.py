@@ -24,8 +24,11 @@ from gateway import tasks
 
 log = structlog.get_logger(__name__)
 
+
 #: how often a failing dependency is probed
 PROBE_SECONDS = 2.0
+
+
 #: how long writes must work without a failure before an episode is over
 QUIET_SECONDS = 10.0
 

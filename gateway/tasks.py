@@ -9,7 +9,10 @@ from typing import Any, TypeVar
 import structlog
 
 log = structlog.get_logger(__name__)
+
+
 T = TypeVar("T")
+
 
 _running: set[asyncio.Task[Any]] = set()
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import structlog
 
-from gateway.config import Settings
-from gateway.relay import Names
-from gateway.testing import RABBITMQ_URL, delete_topology, provision_pair, require_service
+from gateway.config.models import Settings
+from gateway.relay.topology import Names
+from gateway.testing.broker import RABBITMQ_URL, delete_topology, provision_pair, require_service
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHARED_TESTDATA = PROJECT_ROOT.parent / "shared" / "testdata"

@@ -35,7 +35,9 @@ def test_the_readme_command_table_names_every_maagw_command(name: str) -> None:
 
 
 ARCHITECTURE = (ROOT / "docs" / "architecture.md").read_text()
-GATEWAY_SOURCES = {p.name: p.read_text() for p in (ROOT / "gateway").glob("*.py")}
+GATEWAY_SOURCES = {
+    str(p.relative_to(ROOT / "gateway")): p.read_text() for p in (ROOT / "gateway").rglob("*.py")
+}
 
 
 def test_architecture_names_every_relay_no_code() -> None:
@@ -51,7 +53,7 @@ def test_architecture_describes_the_events_as_published() -> None:
 
     statuses: set[str] = set()
     keys = {"status", "gateway", "time"}  # Runtime.event adds these
-    tree = ast.parse(GATEWAY_SOURCES["outbound.py"])
+    tree = ast.parse(GATEWAY_SOURCES["pipeline/outbound.py"])
     for node in ast.walk(tree):
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
             if node.func.attr == "event":
@@ -67,7 +69,7 @@ def test_architecture_describes_the_events_as_published() -> None:
 
 def test_architecture_names_the_default_queues_and_exchanges() -> None:
     """Every unprefixed exchange and non-partner queue the gateway declares is named in docs/architecture.md."""
-    from gateway.relay import Names, topology
+    from gateway.relay.topology import Names, topology
 
     defs = topology(Names(""), ["XB"])
     names = {e["name"] for e in defs["exchanges"]} | {
@@ -79,8 +81,8 @@ def test_architecture_names_the_default_queues_and_exchanges() -> None:
 
 def test_audit_doc_examples_use_real_ids() -> None:
     """Agreement ids and message types in docs/audit.md's examples are those of config/agreements and the gateway."""
-    from gateway.cli import MESSAGE_TYPES
-    from gateway.policy import load_agreements
+    from gateway.config.agreement import load_agreements
+    from gateway.contract import MESSAGE_TYPES
 
     text = (ROOT / "docs" / "audit.md").read_text()
     agreements = set(load_agreements(ROOT / "config" / "agreements"))

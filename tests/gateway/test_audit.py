@@ -20,18 +20,22 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
-from gateway import audit as audit_module
-from gateway.audit import AuditEvent, AuditLog, SearchFilter, verify_bundle
-from gateway.audit_chain import (
+from gateway.audit import log as audit_log
+from gateway.audit.backend import SearchFilter
+from gateway.audit.chain import (
     ENTRY_FIELDS,
     GENESIS,
+    AuditEvent,
     canonical_entry,
     canonical_json,
     chain_hash,
     checkpoint_bytes,
     evidence_digest,
 )
-from gateway.audit_testing import (
+from gateway.audit.export import verify_bundle
+from gateway.audit.log import AuditLog
+from gateway.errors import AuditError
+from gateway.testing.audit import (
     EcSigner,
     PgUnavailable,
     reset_audit_tables,
@@ -39,7 +43,6 @@ from gateway.audit_testing import (
     start_scratch_pg,
     stop_scratch_pg,
 )
-from gateway.errors import AuditError
 
 # ---------------------------------------------------------------------------- fixtures
 
@@ -447,7 +450,7 @@ async def test_parallel_verify_reports_like_sequential(
     audit_url: str, signer: EcSigner, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Verify split over worker processes gives the same report as one sequential pass."""
-    monkeypatch.setattr(audit_module, "MIN_SEGMENT", 1)
+    monkeypatch.setattr(audit_log, "MIN_SEGMENT", 1)
     await filled(audit_url, signer, n=40)
     await filled(audit_url, None, n=3, chunk=3)
     seen: list[int] = []
@@ -582,7 +585,7 @@ async def test_verify_names_first_bad_seq(
 
     With workers, segments of 3 entries put segment boundaries beside every tampered entry.
     """
-    monkeypatch.setattr(audit_module, "MIN_SEGMENT", 1)
+    monkeypatch.setattr(audit_log, "MIN_SEGMENT", 1)
     await filled(audit_url, signer)
     raw = Raw(audit_url)
     await raw.unlock()

@@ -14,16 +14,20 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from gateway import certs
-from gateway.audit import AuditEvent, AuditLog, VerifyReport, verify_bundle
-from gateway.audit_certs import CERT_RECORDED, record_event
-from gateway.audit_testing import (
+from gateway import pem
+from gateway.audit.certs import CERT_RECORDED, record_event
+from gateway.audit.chain import AuditEvent
+from gateway.audit.export import verify_bundle
+from gateway.audit.log import AuditLog
+from gateway.audit.verify import VerifyReport
+from gateway.ca import authority
+from gateway.testing.audit import (
     PgUnavailable,
     services_required,
     start_scratch_pg,
     stop_scratch_pg,
 )
-from gateway.signing import Signer
+from gateway.xml.signature import Signer
 
 
 class Gw:
@@ -32,18 +36,18 @@ class Gw:
     def __init__(self, root: Path, url: str | None = None) -> None:
         self.root = root
         self.ca_dir = root / "ca"
-        certs.init_ca("XA Customs Gateway CA", self.ca_dir)
+        authority.init_ca("XA Customs Gateway CA", self.ca_dir)
         self.url = url or f"sqlite://{root / 'audit.db'}"
 
     @property
     def ca(self) -> x509.Certificate:
-        return certs.load_cert(self.ca_dir / "ca.pem")
+        return pem.load_cert(self.ca_dir / "ca.pem")
 
     def signer(
         self, name: str, *, kind: str = "signing", ca_dir: Path | None = None, **kw: Any
     ) -> Signer:
         """Issue a certificate of ``kind`` and return a checkpoint signer with its key."""
-        certs.issue(ca_dir or self.ca_dir, kind, name, self.root / "certs", **kw)
+        authority.issue(ca_dir or self.ca_dir, kind, name, self.root / "certs", **kw)
         return Signer.from_files(
             self.root / "certs" / f"{name}.key", self.root / "certs" / f"{name}.pem"
         )
@@ -137,7 +141,7 @@ async def test_a_certificate_of_another_ca_recorded_by_a_database_writer_is_not_
     """Someone appending a record of his own certificate and a checkpoint signed with it is caught."""
     own = gw.signer("signing")
     await gw.run(own, 6)
-    certs.init_ca("Mallory CA", tmp_path / "mallory-ca")
+    authority.init_ca("Mallory CA", tmp_path / "mallory-ca")
     mallory = gw.signer("mallory", ca_dir=tmp_path / "mallory-ca")
     await gw.run(mallory, 3)  # records mallory's certificate, then signs a checkpoint with it
     report = await gw.verify(trusted_certs=[own.cert], trusted_cas=[gw.ca])

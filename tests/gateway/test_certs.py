@@ -20,8 +20,10 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from pydantic import BaseModel
 
-from gateway import certs
-from gateway.cli_certs import certs as certs_cli
+from gateway import pem
+from gateway.ca import authority, inspect, partner_import
+from gateway.ca.rotation import rotate
+from gateway.cli.certs import certs as certs_cli
 from gateway.errors import ConfigError
 
 NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)  # certificates keep whole seconds
@@ -41,7 +43,7 @@ def mode_of(path: Path) -> int:
 @pytest.fixture
 def ca_dir(tmp_path: Path) -> Path:
     """A fresh EC CA in tmp_path/ca."""
-    certs.init_ca("Test CA", tmp_path / "ca", org="XA")
+    authority.init_ca("Test CA", tmp_path / "ca", org="XA")
     return tmp_path / "ca"
 
 
@@ -52,13 +54,13 @@ def out(tmp_path: Path) -> Path:
 
 def issue_one(ca_dir: Path, out: Path, kind: str = "tls-client", name: str = "leaf", **kw: object):
     """Issue one certificate and return (cert, cert path, key path)."""
-    certs.issue(ca_dir, kind, name, out, **kw)  # type: ignore[arg-type]
-    return certs.load_cert(out / f"{name}.pem"), out / f"{name}.pem", out / f"{name}.key"
+    authority.issue(ca_dir, kind, name, out, **kw)  # type: ignore[arg-type]
+    return pem.load_cert(out / f"{name}.pem"), out / f"{name}.pem", out / f"{name}.key"
 
 
 def forge_leaf(ca_dir: Path, key: object, path: Path) -> Path:
     """Write a leaf certificate for an arbitrary public key, signed by the test CA."""
-    ca = certs.load_ca(ca_dir)
+    ca = authority.load_ca(ca_dir)
     cert = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "forged")]))
@@ -69,8 +71,8 @@ def forge_leaf(ca_dir: Path, key: object, path: Path) -> Path:
         .not_valid_after(NOW + dt.timedelta(days=100))
         .sign(ca.key, hashes.SHA256())
     )
-    certs.write_cert(path, cert)
-    certs.write_private_key(path.with_suffix(".key"), key)  # type: ignore[arg-type]
+    pem.write_cert(path, cert)
+    pem.write_private_key(path.with_suffix(".key"), key)  # type: ignore[arg-type]
     return path
 
 
@@ -79,7 +81,7 @@ def forge_leaf(ca_dir: Path, key: object, path: Path) -> Path:
 
 def test_init_ca_writes_a_self_signed_path_length_zero_ca(ca_dir: Path) -> None:
     """init_ca writes ca.pem, a 0600 ca.key and an index; the CA may only sign leaves."""
-    cert = certs.load_cert(ca_dir / "ca.pem")
+    cert = pem.load_cert(ca_dir / "ca.pem")
     assert mode_of(ca_dir / "ca.key") == 0o600
     assert (ca_dir / "index.json").exists()
     bc = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
@@ -96,7 +98,7 @@ def test_init_ca_refuses_to_replace_an_existing_ca(ca_dir: Path) -> None:
     """A second init_ca into the same directory is refused and the old key survives."""
     before = (ca_dir / "ca.key").read_bytes()
     with pytest.raises(ConfigError) as err:
-        certs.init_ca("Other", ca_dir)
+        authority.init_ca("Other", ca_dir)
     assert err.value.code == "CONFIG_CA_EXISTS"
     assert (ca_dir / "ca.key").read_bytes() == before
 
@@ -105,7 +107,7 @@ def test_private_keys_are_0600_even_with_a_permissive_umask(tmp_path: Path) -> N
     """Keys are created 0600 regardless of the process umask."""
     old = os.umask(0)
     try:
-        certs.init_ca("CA", tmp_path / "ca")
+        authority.init_ca("CA", tmp_path / "ca")
         _, _, key = issue_one(tmp_path / "ca", tmp_path / "out")
     finally:
         os.umask(old)
@@ -135,7 +137,7 @@ def test_issue_sets_the_extensions_of_each_kind(
 ) -> None:
     """Each kind gets its key usage and EKU, CA=false, AKI = the CA's SKI, a 0600 key."""
     cert, _, key_path = issue_one(ca_dir, out, kind, "leaf")
-    ca_cert = certs.load_cert(ca_dir / "ca.pem")
+    ca_cert = pem.load_cert(ca_dir / "ca.pem")
     cert.verify_directly_issued_by(ca_cert)
     exts = cert.extensions
     assert exts.get_extension_for_class(x509.BasicConstraints).value.ca is False
@@ -153,14 +155,14 @@ def test_issue_sets_the_extensions_of_each_kind(
     units = [a.value for a in cert.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)]
     assert (units == ["operator"]) is operator_ou
     assert mode_of(key_path) == 0o600
-    assert certs.cert_kind(cert) == kind
+    assert pem.cert_kind(cert) == kind
     assert 0 < cert.serial_number < 2**159
 
 
 def test_issue_records_the_certificate_in_the_ca_index(ca_dir: Path, out: Path) -> None:
     """The index maps the serial (hex) to subject, kind, not_after and no revocation."""
     cert, _, _ = issue_one(ca_dir, out, "signing", "sig")
-    entry = certs.read_index(ca_dir)["certs"][certs.serial_hex(cert.serial_number)]
+    entry = authority.read_index(ca_dir)["certs"][pem.serial_hex(cert.serial_number)]
     assert entry["kind"] == "signing"
     assert entry["subject"] == "CN=sig"
     assert dt.datetime.fromisoformat(entry["not_after"]) == cert.not_valid_after_utc
@@ -220,9 +222,9 @@ def test_not_before_and_days_make_expired_and_future_windows(ca_dir: Path, out: 
 
 def test_leaf_validity_never_outlives_the_ca(tmp_path: Path) -> None:
     """A leaf asked to outlive its CA is cut at the CA's not-after."""
-    certs.init_ca("Short CA", tmp_path / "ca", days=10)
+    authority.init_ca("Short CA", tmp_path / "ca", days=10)
     cert, _, _ = issue_one(tmp_path / "ca", tmp_path / "out", days=397)
-    ca_cert = certs.load_cert(tmp_path / "ca" / "ca.pem")
+    ca_cert = pem.load_cert(tmp_path / "ca" / "ca.pem")
     assert cert.not_valid_after_utc == ca_cert.not_valid_after_utc
 
 
@@ -239,14 +241,14 @@ def test_issue_refuses_bad_arguments(
 ) -> None:
     """Unknown kinds, path-like names and empty validity are configuration errors."""
     with pytest.raises(ConfigError) as err:
-        certs.issue(ca_dir, kind, name, out, days=days)
+        authority.issue(ca_dir, kind, name, out, days=days)
     assert err.value.code == code
 
 
 def test_issue_needs_a_ca_directory(tmp_path: Path) -> None:
     """Issuing from a directory without ca.pem is a configuration error naming init-ca."""
     with pytest.raises(ConfigError, match="init-ca"):
-        certs.issue(tmp_path, "tls-client", "x", tmp_path / "out")
+        authority.issue(tmp_path, "tls-client", "x", tmp_path / "out")
 
 
 def test_passphrase_encrypts_the_key(ca_dir: Path, out: Path) -> None:
@@ -254,19 +256,19 @@ def test_passphrase_encrypts_the_key(ca_dir: Path, out: Path) -> None:
     _, _, key_path = issue_one(ca_dir, out, passphrase=b"s3cret")
     assert b"ENCRYPTED" in key_path.read_bytes()
     with pytest.raises(ConfigError) as err:
-        certs.load_private_key(key_path)
+        pem.load_private_key(key_path)
     assert err.value.code == "CONFIG_KEY_PASSPHRASE"
     with pytest.raises(ConfigError):
-        certs.load_private_key(key_path, b"wrong")
-    assert isinstance(certs.load_private_key(key_path, b"s3cret"), ec.EllipticCurvePrivateKey)
+        pem.load_private_key(key_path, b"wrong")
+    assert isinstance(pem.load_private_key(key_path, b"s3cret"), ec.EllipticCurvePrivateKey)
 
 
 def test_encrypted_ca_key_needs_its_passphrase_to_issue(tmp_path: Path) -> None:
     """An encrypted CA key is opened with ca_passphrase; without it issuing is refused."""
-    certs.init_ca("CA", tmp_path / "ca", passphrase=b"ca-pass")
+    authority.init_ca("CA", tmp_path / "ca", passphrase=b"ca-pass")
     with pytest.raises(ConfigError):
-        certs.issue(tmp_path / "ca", "tls-client", "c", tmp_path / "out")
-    certs.issue(tmp_path / "ca", "tls-client", "c", tmp_path / "out", ca_passphrase=b"ca-pass")
+        authority.issue(tmp_path / "ca", "tls-client", "c", tmp_path / "out")
+    authority.issue(tmp_path / "ca", "tls-client", "c", tmp_path / "out", ca_passphrase=b"ca-pass")
     assert (tmp_path / "out" / "c.pem").exists()
 
 
@@ -277,12 +279,12 @@ def test_spki_pin_is_sha256_of_the_der_public_key(ca_dir: Path, out: Path) -> No
     """The pin is 'sha256:' + lowercase hex over the DER SubjectPublicKeyInfo of the key file."""
     cert, _, key_path = issue_one(ca_dir, out)
     der = (
-        certs.load_private_key(key_path)
+        pem.load_private_key(key_path)
         .public_key()
         .public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     )
-    assert certs.spki_pin(cert) == "sha256:" + hashlib.sha256(der).hexdigest()
-    assert re.fullmatch(r"sha256:[0-9a-f]{64}", certs.spki_pin(cert))
+    assert pem.spki_pin(cert) == "sha256:" + hashlib.sha256(der).hexdigest()
+    assert re.fullmatch(r"sha256:[0-9a-f]{64}", pem.spki_pin(cert))
 
 
 def test_load_certs_reads_bundles_and_refuses_garbage(ca_dir: Path, out: Path) -> None:
@@ -291,13 +293,13 @@ def test_load_certs_reads_bundles_and_refuses_garbage(ca_dir: Path, out: Path) -
     b, b_path, _ = issue_one(ca_dir, out, name="b")
     bundle = out / "bundle.pem"
     bundle.write_bytes(a_path.read_bytes() + b_path.read_bytes())
-    assert certs.load_certs(bundle) == [a, b]
-    assert certs.load_cert(bundle) == a
+    assert pem.load_certs(bundle) == [a, b]
+    assert pem.load_cert(bundle) == a
     (out / "junk.pem").write_text("hello")
     with pytest.raises(ConfigError):
-        certs.load_certs(out / "junk.pem")
+        pem.load_certs(out / "junk.pem")
     with pytest.raises(ConfigError):
-        certs.load_cert(out / "missing.pem")
+        pem.load_cert(out / "missing.pem")
 
 
 @pytest.mark.parametrize(
@@ -306,20 +308,20 @@ def test_load_certs_reads_bundles_and_refuses_garbage(ca_dir: Path, out: Path) -
 )
 def test_parse_serial_accepts_openssl_spellings(text: str, value: int) -> None:
     """Serials are hex in any case, with colons, spaces, 0x or openssl's serial= prefix."""
-    assert certs.parse_serial(text) == value
+    assert pem.parse_serial(text) == value
 
 
 @pytest.mark.parametrize("text", ["", "xyz", "12g4"])
 def test_parse_serial_refuses_non_hex(text: str) -> None:
     """A serial that is not hex is a configuration error."""
     with pytest.raises(ConfigError):
-        certs.parse_serial(text)
+        pem.parse_serial(text)
 
 
 @pytest.mark.parametrize(("serial", "text"), [(0xABC, "0ABC"), (0xAB, "AB"), (1, "01")])
 def test_serial_hex_is_even_length_upper_case(serial: int, text: str) -> None:
     """serial_hex prints serials the way openssl x509 -serial does."""
-    assert certs.serial_hex(serial) == text
+    assert pem.serial_hex(serial) == text
 
 
 # --------------------------------------------------------------------------- revoke, crl
@@ -328,13 +330,13 @@ def test_serial_hex_is_even_length_upper_case(serial: int, text: str) -> None:
 def test_revoke_marks_the_index_and_is_idempotent(ca_dir: Path, out: Path) -> None:
     """Revoking records reason and time; revoking again changes nothing."""
     cert, _, _ = issue_one(ca_dir, out)
-    serial = certs.serial_hex(cert.serial_number)
+    serial = pem.serial_hex(cert.serial_number)
     colon_lower = ":".join(re.findall("..", serial)).lower()
-    assert certs.revoke(ca_dir, colon_lower, "KEYCOMPROMISE") == [ca_dir / "index.json"]
-    entry = certs.read_index(ca_dir)["certs"][serial]
+    assert authority.revoke(ca_dir, colon_lower, "KEYCOMPROMISE") == [ca_dir / "index.json"]
+    entry = authority.read_index(ca_dir)["certs"][serial]
     assert entry["revoked"]["reason"] == "keyCompromise"
-    assert certs.revoke(ca_dir, serial, "superseded") == []
-    assert certs.read_index(ca_dir)["certs"][serial]["revoked"]["reason"] == "keyCompromise"
+    assert authority.revoke(ca_dir, serial, "superseded") == []
+    assert authority.read_index(ca_dir)["certs"][serial]["revoked"]["reason"] == "keyCompromise"
 
 
 def test_issue_and_revoke_log_events_without_key_material(
@@ -342,8 +344,8 @@ def test_issue_and_revoke_log_events_without_key_material(
 ) -> None:
     """cert_issued and cert_revoked are logged with the serial; no PEM text reaches the log."""
     cert, _, _ = issue_one(ca_dir, out)
-    serial = certs.serial_hex(cert.serial_number)
-    certs.revoke(ca_dir, serial, "superseded")
+    serial = pem.serial_hex(cert.serial_number)
+    authority.revoke(ca_dir, serial, "superseded")
     events = {e["event"]: e for e in logs}
     assert events["cert_issued"]["serial"] == serial
     assert events["cert_revoked"]["reason"] == "superseded"
@@ -360,7 +362,7 @@ def test_revoke_refuses_unknown_serials_and_reasons(
     """A serial the CA never issued, or a reason outside RFC 5280, is refused."""
     cert, _, _ = issue_one(ca_dir, out)
     with pytest.raises(ConfigError) as err:
-        certs.revoke(ca_dir, serial or certs.serial_hex(cert.serial_number), reason)
+        authority.revoke(ca_dir, serial or pem.serial_hex(cert.serial_number), reason)
     assert err.value.code == code
 
 
@@ -368,11 +370,11 @@ def test_crl_lists_revoked_serials_with_reasons_and_next_update(ca_dir: Path, ou
     """The CRL is signed by the CA, names each revoked serial and reason, and numbers itself."""
     revoked, _, _ = issue_one(ca_dir, out, name="bad")
     kept, _, _ = issue_one(ca_dir, out, name="good")
-    certs.revoke(ca_dir, certs.serial_hex(revoked.serial_number), "cessationOfOperation")
+    authority.revoke(ca_dir, pem.serial_hex(revoked.serial_number), "cessationOfOperation")
     crl_path = out / "crl.pem"
-    certs.make_crl(ca_dir, crl_path, next_update_days=3)
-    crl = certs.load_crl(crl_path)
-    ca_cert = certs.load_cert(ca_dir / "ca.pem")
+    authority.make_crl(ca_dir, crl_path, next_update_days=3)
+    crl = pem.load_crl(crl_path)
+    ca_cert = pem.load_cert(ca_dir / "ca.pem")
     assert crl.is_signature_valid(ca_cert.public_key())  # type: ignore[arg-type]
     entry = crl.get_revoked_certificate_by_serial_number(revoked.serial_number)
     assert entry is not None
@@ -382,8 +384,8 @@ def test_crl_lists_revoked_serials_with_reasons_and_next_update(ca_dir: Path, ou
     assert crl.next_update_utc is not None
     assert abs(crl.next_update_utc - (NOW + dt.timedelta(days=3))) < dt.timedelta(minutes=5)
     first = crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
-    certs.make_crl(ca_dir, crl_path)
-    second = certs.load_crl(crl_path).extensions.get_extension_for_class(x509.CRLNumber).value
+    authority.make_crl(ca_dir, crl_path)
+    second = pem.load_crl(crl_path).extensions.get_extension_for_class(x509.CRLNumber).value
     assert second.crl_number == first + 1
 
 
@@ -393,7 +395,7 @@ def test_crl_lists_revoked_serials_with_reasons_and_next_update(ca_dir: Path, ou
 def test_check_accepts_a_good_pair(ca_dir: Path, out: Path) -> None:
     """A fresh certificate with its own 0600 key from this CA has no problems."""
     _, cert_path, key_path = issue_one(ca_dir, out)
-    result = certs.check(cert_path, key_path, ca=ca_dir)
+    result = inspect.check(cert_path, key_path, ca=ca_dir)
     assert result.ok, result.problems
     assert result.warnings == []
 
@@ -402,7 +404,7 @@ def test_check_refuses_a_key_that_does_not_match(ca_dir: Path, out: Path) -> Non
     """A key from another certificate is a problem."""
     _, cert_path, _ = issue_one(ca_dir, out, name="a")
     _, _, other_key = issue_one(ca_dir, out, name="b")
-    result = certs.check(cert_path, other_key, ca=ca_dir)
+    result = inspect.check(cert_path, other_key, ca=ca_dir)
     assert [p for p in result.problems if "does not match" in p]
 
 
@@ -411,7 +413,7 @@ def test_check_refuses_group_or_world_readable_keys(ca_dir: Path, out: Path, mod
     """A key file readable by group or others is a problem."""
     _, cert_path, key_path = issue_one(ca_dir, out)
     key_path.chmod(mode)
-    result = certs.check(cert_path, key_path)
+    result = inspect.check(cert_path, key_path)
     assert result.problems == [
         f"key file {key_path} has mode {mode:04o}; it must be 0600 or stricter"
     ]
@@ -421,7 +423,7 @@ def test_check_accepts_a_stricter_key_mode(ca_dir: Path, out: Path) -> None:
     """Mode 0400 is stricter than 0600 and accepted."""
     _, cert_path, key_path = issue_one(ca_dir, out)
     key_path.chmod(0o400)
-    assert certs.check(cert_path, key_path).ok
+    assert inspect.check(cert_path, key_path).ok
 
 
 @pytest.mark.parametrize(
@@ -436,14 +438,14 @@ def test_check_refuses_expired_and_not_yet_valid(
 ) -> None:
     """A certificate outside its validity window is a problem."""
     _, cert_path, key_path = issue_one(ca_dir, out, **window)
-    result = certs.check(cert_path, key_path, ca=ca_dir)
+    result = inspect.check(cert_path, key_path, ca=ca_dir)
     assert len(result.problems) == 1 and word in result.problems[0]
 
 
 def test_check_warns_under_thirty_days(ca_dir: Path, out: Path) -> None:
     """Fewer than 30 days left is a warning, not a problem."""
     _, cert_path, key_path = issue_one(ca_dir, out, days=20)
-    result = certs.check(cert_path, key_path)
+    result = inspect.check(cert_path, key_path)
     assert result.ok and result.warnings and "expires in" in result.warnings[0]
 
 
@@ -459,7 +461,7 @@ def test_check_refuses_weak_rsa_and_unsupported_curves(
 ) -> None:
     """RSA under 2048 bits and curves other than P-256/384/521 are refused."""
     cert_path = forge_leaf(ca_dir, make_key(), out / "weak.pem")  # type: ignore[operator]
-    result = certs.check(cert_path, out / "weak.key", ca=ca_dir)
+    result = inspect.check(cert_path, out / "weak.key", ca=ca_dir)
     assert len(result.problems) == 1 and word in result.problems[0]
 
 
@@ -467,17 +469,17 @@ def test_check_refuses_a_certificate_from_another_ca(
     tmp_path: Path, ca_dir: Path, out: Path
 ) -> None:
     """A certificate not issued by the given CA is a problem."""
-    certs.init_ca("Other CA", tmp_path / "other")
+    authority.init_ca("Other CA", tmp_path / "other")
     _, cert_path, key_path = issue_one(tmp_path / "other", out)
-    result = certs.check(cert_path, key_path, ca=ca_dir / "ca.pem")
+    result = inspect.check(cert_path, key_path, ca=ca_dir / "ca.pem")
     assert len(result.problems) == 1 and "not issued by" in result.problems[0]
 
 
 def test_check_refuses_a_revoked_certificate(ca_dir: Path, out: Path) -> None:
     """With a CA directory, a certificate its index lists as revoked is a problem."""
     cert, cert_path, key_path = issue_one(ca_dir, out)
-    certs.revoke(ca_dir, certs.serial_hex(cert.serial_number), "keyCompromise")
-    result = certs.check(cert_path, key_path, ca=ca_dir)
+    authority.revoke(ca_dir, pem.serial_hex(cert.serial_number), "keyCompromise")
+    result = inspect.check(cert_path, key_path, ca=ca_dir)
     assert len(result.problems) == 1 and "revoked" in result.problems[0]
 
 
@@ -487,15 +489,15 @@ def test_check_refuses_a_revoked_certificate(ca_dir: Path, out: Path) -> None:
 def test_days_to_expiry_counts_whole_days_and_goes_negative(ca_dir: Path, out: Path) -> None:
     """days_to_expiry is floor((not_after - now) / 1 day), negative once expired."""
     cert, _, _ = issue_one(ca_dir, out, not_before=NOW, days=10)
-    assert certs.days_to_expiry(cert, NOW) == 10
-    assert certs.days_to_expiry(cert, NOW + dt.timedelta(days=9, hours=23)) == 0
-    assert certs.days_to_expiry(cert, NOW + dt.timedelta(days=11)) == -1
+    assert pem.days_to_expiry(cert, NOW) == 10
+    assert pem.days_to_expiry(cert, NOW + dt.timedelta(days=9, hours=23)) == 0
+    assert pem.days_to_expiry(cert, NOW + dt.timedelta(days=11)) == -1
 
 
 def test_expiry_report_gives_path_subject_and_days_left(ca_dir: Path, out: Path) -> None:
     """expiry_report has one row per certificate, bundles included."""
     _, a, _ = issue_one(ca_dir, out, name="a", not_before=NOW, days=5)
-    rows = certs.expiry_report([a, ca_dir / "ca.pem"], NOW)
+    rows = inspect.expiry_report([a, ca_dir / "ca.pem"], NOW)
     assert rows[0] == (a, "CN=a", 5)
     assert rows[1][1] == "CN=Test CA,O=XA" and rows[1][2] >= 3649
 
@@ -503,9 +505,9 @@ def test_expiry_report_gives_path_subject_and_days_left(ca_dir: Path, out: Path)
 def test_pem_files_skips_keys_and_crls(ca_dir: Path, out: Path) -> None:
     """Only files holding certificates are listed from a directory."""
     issue_one(ca_dir, out, name="a")
-    certs.make_crl(ca_dir, out / "crl.pem")
+    authority.make_crl(ca_dir, out / "crl.pem")
     (out / "a.key").rename(out / "a-key.pem")
-    assert certs.pem_files(out) == [out / "a.pem"]
+    assert pem.pem_files(out) == [out / "a.pem"]
 
 
 def test_configured_cert_paths_walks_settings(ca_dir: Path, out: Path, tmp_path: Path) -> None:
@@ -526,7 +528,7 @@ def test_configured_cert_paths_walks_settings(ca_dir: Path, out: Path, tmp_path:
         tls_key=out / "a.key",
         partners={"XB": Partner(ca=Path("ca/ca.pem"), signing_certs=[str(out / "missing.pem")])},
     )
-    found = certs.configured_cert_paths(settings, base=tmp_path)
+    found = inspect.configured_cert_paths(settings, base=tmp_path)
     assert found == sorted([a.resolve(), (ca_dir / "ca.pem").resolve()])
 
 
@@ -537,15 +539,15 @@ def test_rotate_issues_a_dated_successor_next_to_the_old(ca_dir: Path, out: Path
     """rotate writes NAME-<date>.pem/.key, leaves the old one, and reports both pins."""
     old, old_path, _ = issue_one(ca_dir, out, "signing", "xa-signing", org="XA")
     before = old_path.read_bytes()
-    rotation = certs.rotate(ca_dir, "xa-signing", out, overlap_days=14, now=NOW)
+    rotation = rotate(ca_dir, "xa-signing", out, overlap_days=14, now=NOW)
     assert rotation.new_cert == out / f"xa-signing-{NOW:%Y%m%d}.pem"
     assert rotation.old_cert == old_path and old_path.read_bytes() == before
-    new = certs.load_cert(rotation.new_cert)
-    assert certs.cert_kind(new) == "signing"
-    assert rotation.old_pin == certs.spki_pin(old) != rotation.new_pin == certs.spki_pin(new)
+    new = pem.load_cert(rotation.new_cert)
+    assert pem.cert_kind(new) == "signing"
+    assert rotation.old_pin == pem.spki_pin(old) != rotation.new_pin == pem.spki_pin(new)
     assert rotation.overlap_until == NOW + dt.timedelta(days=14)
     assert mode_of(rotation.new_key) == 0o600
-    again = certs.rotate(ca_dir, "xa-signing", out, now=NOW)
+    again = rotate(ca_dir, "xa-signing", out, now=NOW)
     assert again.new_cert == out / f"xa-signing-{NOW:%Y%m%d}-2.pem"
 
 
@@ -553,7 +555,7 @@ def test_rotate_needs_a_current_certificate(ca_dir: Path, out: Path) -> None:
     """Rotating a name with no certificate is a configuration error."""
     out.mkdir()
     with pytest.raises(ConfigError):
-        certs.rotate(ca_dir, "nothing", out)
+        rotate(ca_dir, "nothing", out)
 
 
 # --------------------------------------------------------------------------- import-partner
@@ -563,13 +565,13 @@ def test_rotate_needs_a_current_certificate(ca_dir: Path, out: Path) -> None:
 def partner(tmp_path: Path) -> Path:
     """A partner's CA with a TLS server, a TLS client and a signing certificate."""
     ca = tmp_path / "xb-ca"
-    certs.init_ca("XB CA", ca)
+    authority.init_ca("XB CA", ca)
     for kind, name in [
         ("tls-server", "gw.xb.test"),
         ("tls-client", "xb-client"),
         ("signing", "xb-sig"),
     ]:
-        certs.issue(ca, kind, name, tmp_path / "xb")
+        authority.issue(ca, kind, name, tmp_path / "xb")
     return tmp_path
 
 
@@ -577,7 +579,7 @@ def test_import_partner_writes_the_toml_the_loader_reads(partner: Path) -> None:
     """The TOML names the copied CA, the TLS pins and the signing certs by relative path."""
     xb = partner / "xb"
     dest = partner / "config" / "partners"
-    written = certs.import_partner(
+    written = partner_import.import_partner(
         "XB",
         partner / "xb-ca" / "ca.pem",
         dest,
@@ -592,11 +594,11 @@ def test_import_partner_writes_the_toml_the_loader_reads(partner: Path) -> None:
     assert data["name"] == "Customs administration XB"
     assert data["server_name"] == "gw.xb.test"
     assert data["crl"] == ""
-    assert certs.load_cert(dest / data["ca"]) == certs.load_cert(partner / "xb-ca" / "ca.pem")
-    pins = [certs.spki_pin(certs.load_cert(xb / n)) for n in ("gw.xb.test.pem", "xb-client.pem")]
+    assert pem.load_cert(dest / data["ca"]) == pem.load_cert(partner / "xb-ca" / "ca.pem")
+    pins = [pem.spki_pin(pem.load_cert(xb / n)) for n in ("gw.xb.test.pem", "xb-client.pem")]
     assert data["tls_pins"] == pins
-    assert [certs.load_cert(dest / p) for p in data["signing_certs"]] == [
-        certs.load_cert(xb / "xb-sig.pem")
+    assert [pem.load_cert(dest / p) for p in data["signing_certs"]] == [
+        pem.load_cert(xb / "xb-sig.pem")
     ]
 
 
@@ -604,16 +606,16 @@ def test_import_partner_update_adds_pins_and_keeps_other_keys(partner: Path) -> 
     """A second import adds a pin (both accepted) and keeps keys it does not manage."""
     xb, dest = partner / "xb", partner / "partners"
     ca = partner / "xb-ca" / "ca.pem"
-    certs.import_partner("XB", ca, dest, tls_certs=[xb / "xb-client.pem"])
+    partner_import.import_partner("XB", ca, dest, tls_certs=[xb / "xb-client.pem"])
     toml = dest / "XB.toml"
     toml.write_text(toml.read_text() + '\ncrl_stale = "warn"\n')
-    certs.issue(partner / "xb-ca", "tls-client", "xb-client-2", xb)
-    certs.import_partner("XB", ca, dest, tls_certs=[xb / "xb-client-2.pem"])
+    authority.issue(partner / "xb-ca", "tls-client", "xb-client-2", xb)
+    partner_import.import_partner("XB", ca, dest, tls_certs=[xb / "xb-client-2.pem"])
     data = tomllib.loads(toml.read_text())
     assert len(data["tls_pins"]) == 2 and data["crl_stale"] == "warn"
-    certs.import_partner("XB", ca, dest, tls_certs=[xb / "xb-client-2.pem"], replace=True)
+    partner_import.import_partner("XB", ca, dest, tls_certs=[xb / "xb-client-2.pem"], replace=True)
     assert tomllib.loads(toml.read_text())["tls_pins"] == [
-        certs.spki_pin(certs.load_cert(xb / "xb-client-2.pem"))
+        pem.spki_pin(pem.load_cert(xb / "xb-client-2.pem"))
     ]
 
 
@@ -621,28 +623,30 @@ def test_import_partner_refuses_certificates_from_another_ca(partner: Path, ca_d
     """A TLS certificate not issued by the partner's CA is refused and nothing is written."""
     _, foreign, _ = issue_one(ca_dir, partner / "other")
     with pytest.raises(ConfigError) as err:
-        certs.import_partner("XB", partner / "xb-ca" / "ca.pem", partner / "p", tls_certs=[foreign])
+        partner_import.import_partner(
+            "XB", partner / "xb-ca" / "ca.pem", partner / "p", tls_certs=[foreign]
+        )
     assert err.value.code == "CONFIG_PARTNER_CHAIN"
     assert not (partner / "p").exists()
 
 
 def test_import_partner_copies_the_partners_crl(partner: Path) -> None:
     """A CRL signed by the partner's CA is copied and named in the TOML."""
-    certs.make_crl(partner / "xb-ca", partner / "xb.crl")
+    authority.make_crl(partner / "xb-ca", partner / "xb.crl")
     dest = partner / "p"
-    certs.import_partner("XB", partner / "xb-ca" / "ca.pem", dest, crl=partner / "xb.crl")
+    partner_import.import_partner("XB", partner / "xb-ca" / "ca.pem", dest, crl=partner / "xb.crl")
     data = tomllib.loads((dest / "XB.toml").read_text())
     assert (
-        certs.load_crl(dest / data["crl"]).issuer
-        == certs.load_cert(partner / "xb-ca" / "ca.pem").subject
+        pem.load_crl(dest / data["crl"]).issuer
+        == pem.load_cert(partner / "xb-ca" / "ca.pem").subject
     )
 
 
 def test_import_partner_refuses_a_crl_of_another_ca(partner: Path, ca_dir: Path) -> None:
     """A CRL the partner's CA did not sign is refused and nothing is written."""
-    certs.make_crl(ca_dir, partner / "other.crl")
+    authority.make_crl(ca_dir, partner / "other.crl")
     with pytest.raises(ConfigError) as err:
-        certs.import_partner(
+        partner_import.import_partner(
             "XB", partner / "xb-ca" / "ca.pem", partner / "p", crl=partner / "other.crl"
         )
     assert err.value.code == "CONFIG_CRL"
@@ -653,14 +657,14 @@ def test_import_partner_refuses_a_crl_of_another_ca(partner: Path, ca_dir: Path)
 def test_import_partner_refuses_ids_the_loader_would_refuse(partner: Path, partner_id: str) -> None:
     """Partner ids follow the configuration's pattern (two capitals, then A-Z, 0-9, -)."""
     with pytest.raises(ConfigError) as err:
-        certs.import_partner(partner_id, partner / "xb-ca" / "ca.pem", partner / "p")
+        partner_import.import_partner(partner_id, partner / "xb-ca" / "ca.pem", partner / "p")
     assert err.value.code == "CONFIG_PARTNER_ID"
 
 
 def test_import_partner_refuses_a_leaf_as_ca(partner: Path) -> None:
     """Only a CA certificate may be imported as the partner's CA."""
     with pytest.raises(ConfigError):
-        certs.import_partner("XB", partner / "xb" / "xb-sig.pem", partner / "p")
+        partner_import.import_partner("XB", partner / "xb" / "xb-sig.pem", partner / "p")
 
 
 # --------------------------------------------------------------------------- CLI
@@ -682,7 +686,7 @@ def test_cli_init_issue_list_revoke_crl_check(tmp_path: Path) -> None:
                  "--san", "gw.xa.test", "--san", "127.0.0.1", "--out", str(out))  # fmt: skip
     assert result.exit_code == 0, result.output
     assert str(out / "gw.xa.test.pem") in result.stdout.split()
-    serial = certs.serial_hex(certs.load_cert(out / "gw.xa.test.pem").serial_number)
+    serial = pem.serial_hex(pem.load_cert(out / "gw.xa.test.pem").serial_number)
 
     result = run("issue", "--ca", str(ca), "--kind", "signing", "--name", "soon", "--days", "5",
                  "--out", str(out))  # fmt: skip
@@ -759,8 +763,8 @@ def test_cli_rotate_prints_both_pins_and_the_next_step(ca_dir: Path, out: Path) 
                  "--overlap-days", "10")  # fmt: skip
     assert result.exit_code == 0, result.output
     new_pem = next(p for p in result.stdout.split() if p.endswith(".pem"))
-    assert certs.spki_pin(old) in result.stderr
-    assert certs.spki_pin(certs.load_cert(Path(new_pem))) in result.stderr
+    assert pem.spki_pin(old) in result.stderr
+    assert pem.spki_pin(pem.load_cert(Path(new_pem))) in result.stderr
     assert "publish" in result.stderr
 
 
@@ -780,13 +784,13 @@ def test_cli_import_partner_writes_the_partner_file(partner: Path) -> None:
 def write_config(root: Path) -> Path:
     """A gateway XA config (own CA, TLS and signing certs) with partner XB imported; its path."""
     own, partner = root / "certs", root / "xb"
-    certs.init_ca("XA CA", own / "ca")
+    authority.init_ca("XA CA", own / "ca")
     for kind, name in [("tls-server", "server"), ("tls-client", "client"), ("signing", "sig")]:
-        certs.issue(own / "ca", kind, name, own)
-    certs.init_ca("XB CA", partner / "ca")
-    certs.issue(partner / "ca", "signing", "xb-sig", partner, days=10)
-    certs.issue(partner / "ca", "tls-client", "xb-client", partner)
-    certs.import_partner(
+        authority.issue(own / "ca", kind, name, own)
+    authority.init_ca("XB CA", partner / "ca")
+    authority.issue(partner / "ca", "signing", "xb-sig", partner, days=10)
+    authority.issue(partner / "ca", "tls-client", "xb-client", partner)
+    partner_import.import_partner(
         "XB",
         partner / "ca" / "ca.pem",
         root / "config" / "partners",
@@ -806,14 +810,14 @@ def write_config(root: Path) -> Path:
 
 def test_imported_partner_file_is_accepted_by_the_config_loader(tmp_path: Path) -> None:
     """The loader reads import-partner's TOML: the CA, pins and signing certs it names."""
-    from gateway.config import load_settings
+    from gateway.config.files import load_settings
 
     settings = load_settings(write_config(tmp_path))
     xb = settings.partners["XB"]
-    assert certs.load_cert(xb.ca) == certs.load_cert(tmp_path / "xb" / "ca" / "ca.pem")
-    assert xb.tls_pins == (certs.spki_pin(certs.load_cert(tmp_path / "xb" / "xb-client.pem")),)
-    assert [certs.load_cert(p) for p in xb.signing_certs] == [
-        certs.load_cert(tmp_path / "xb" / "xb-sig.pem")
+    assert pem.load_cert(xb.ca) == pem.load_cert(tmp_path / "xb" / "ca" / "ca.pem")
+    assert xb.tls_pins == (pem.spki_pin(pem.load_cert(tmp_path / "xb" / "xb-client.pem")),)
+    assert [pem.load_cert(p) for p in xb.signing_certs] == [
+        pem.load_cert(tmp_path / "xb" / "xb-sig.pem")
     ]
     assert xb.crl is None
 
@@ -843,8 +847,8 @@ def test_rotate_with_config_is_an_audited_operator_action(tmp_path: Path) -> Non
     """`certs rotate --config` records the rotation, with its actor and pins, in the gateway's audit log."""
     import asyncio
 
-    from gateway.audit import AuditLog
-    from gateway.config import load_settings
+    from gateway.audit.log import AuditLog
+    from gateway.config.files import load_settings
     from gateway.demo import provision
 
     prov = provision(tmp_path / "gw", "amqp://guest:guest@127.0.0.1:5672/", ids=("XA", "XB"))
@@ -884,7 +888,7 @@ def test_rotate_with_config_is_an_audited_operator_action(tmp_path: Path) -> Non
 def _xb_crl(root: Path, **kw: object) -> Path:
     """Give XB's partner file (from write_config) a CRL of XB's CA; the CRL's path."""
     crl = root / "config" / "partners" / "certs" / "XB-crl.pem"
-    certs.make_crl(root / "xb" / "ca", crl, **kw)  # type: ignore[arg-type]
+    authority.make_crl(root / "xb" / "ca", crl, **kw)  # type: ignore[arg-type]
     toml = root / "config" / "partners" / "XB.toml"
     toml.write_text(toml.read_text().replace('crl = ""', 'crl = "certs/XB-crl.pem"'))
     return crl
@@ -908,7 +912,7 @@ def test_cli_list_config_shows_partner_crls_with_next_update(
 def test_cli_list_dir_shows_a_stale_crl(ca_dir: Path, out: Path) -> None:
     """list DIR includes CRL files and flags one past its nextUpdate STALE."""
     issue_one(ca_dir, out)
-    certs.make_crl(ca_dir, out / "ca.crl", now=NOW - dt.timedelta(days=10), next_update_days=1)
+    authority.make_crl(ca_dir, out / "ca.crl", now=NOW - dt.timedelta(days=10), next_update_days=1)
     result = run("list", str(out))
     assert result.exit_code == 0, result.output
     [row] = [line.split("\t") for line in result.stdout.splitlines() if "\tcrl\t" in line]
@@ -957,15 +961,15 @@ def test_cli_fetch_crl_replaces_a_stale_crl_and_is_audited(
     """fetch-crl writes a fresh CRL over a stale one (which the gateway would refuse to load) and audits it."""
     import asyncio
 
-    from gateway.audit import AuditLog
-    from gateway.config import load_settings
+    from gateway.audit.log import AuditLog
+    from gateway.config.files import load_settings
 
     config = write_config(tmp_path)
     crl = _xb_crl(tmp_path, now=NOW - dt.timedelta(days=10), next_update_days=1)
     toml = tmp_path / "config" / "partners" / "XB.toml"
     toml.write_text(toml.read_text() + f'crl_url = "{crl_http.url}"\n')
     fresh = tmp_path / "fresh.pem"
-    certs.make_crl(tmp_path / "xb" / "ca", fresh)
+    authority.make_crl(tmp_path / "xb" / "ca", fresh)
     crl_http.body = fresh.read_bytes()
     result = run("fetch-crl", "--config", str(config), "--actor", "op:carol")
     assert result.exit_code == 0, result.output
@@ -1005,8 +1009,8 @@ def test_cli_rotate_finds_the_configuration_and_lists_partners_to_import(
     """Without --config, rotate uses config/gateway.toml of the working directory, records the certificate and lists partners."""
     import asyncio
 
-    from gateway.audit import AuditLog
-    from gateway.config import load_settings
+    from gateway.audit.log import AuditLog
+    from gateway.config.files import load_settings
 
     config = write_config(tmp_path)
     monkeypatch.chdir(tmp_path)
@@ -1014,9 +1018,9 @@ def test_cli_rotate_finds_the_configuration_and_lists_partners_to_import(
     result = run("rotate", "--ca", str(tmp_path / "certs" / "ca"), "--name", "sig",
                  "--out", str(tmp_path / "certs"))  # fmt: skip
     assert result.exit_code == 0, result.output
-    new = certs.load_cert(next(Path(p) for p in result.stdout.split() if p.endswith(".pem")))
-    assert f"cert_sha256={certs.cert_sha256(new)}" in result.stderr
-    assert f"serial={certs.serial_hex(new.serial_number)}" in result.stderr
+    new = pem.load_cert(next(Path(p) for p in result.stdout.split() if p.endswith(".pem")))
+    assert f"cert_sha256={pem.cert_sha256(new)}" in result.stderr
+    assert f"serial={pem.serial_hex(new.serial_number)}" in result.stderr
     assert "recorded: the new signing certificate in the audit log of XA" in result.stderr
     assert (
         "XB (https://127.0.0.1:8444): maagw certs import-partner --id XA --ca ca.pem"
@@ -1033,8 +1037,8 @@ def test_cli_rotate_finds_the_configuration_and_lists_partners_to_import(
 
     shas = [r.sha256 for r in asyncio.run(recorded())]
     assert shas == [
-        certs.cert_sha256(certs.load_cert(tmp_path / "certs" / "sig.pem")),
-        certs.cert_sha256(new),
+        pem.cert_sha256(pem.load_cert(tmp_path / "certs" / "sig.pem")),
+        pem.cert_sha256(new),
     ]
 
 

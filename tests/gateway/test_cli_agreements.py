@@ -12,10 +12,11 @@ from click.testing import CliRunner, Result
 
 import adapters
 from adapters.base import Document
-from gateway import cli_agreements
-from gateway.cli_agreements import agreements
+from gateway.cli import agreements as cli_agreements
+from gateway.cli.agreements import agreements
+from gateway.config.agreement import load_agreements
 from gateway.errors import ConfigError, DecodeError
-from gateway.policy import find_agreement, load_agreements
+from gateway.policy.engine import find_agreement
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "config" / "agreements"

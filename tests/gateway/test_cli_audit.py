@@ -12,10 +12,10 @@ import pytest
 from click.testing import CliRunner, Result
 from cryptography.hazmat.primitives import serialization
 
-from gateway.audit import AuditEvent, AuditLog
-from gateway.audit_chain import evidence_digest
-from gateway.audit_testing import EcSigner
-from gateway.cli_audit import audit
+from gateway.audit.chain import AuditEvent, evidence_digest
+from gateway.audit.log import AuditLog
+from gateway.cli.audit import audit
+from gateway.testing.audit import EcSigner
 
 ENVELOPE = b"<Envelope>request</Envelope>"
 RECEIPT = b"<Receipt>accepted</Receipt>"

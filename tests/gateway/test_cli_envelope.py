@@ -14,9 +14,10 @@ from cryptography.x509.oid import NameOID
 from lxml import etree
 from structlog.testing import capture_logs
 
-from gateway import certs, signing
-from gateway import envelope as envelope_mod
-from gateway.cli_envelope import envelope
+from gateway import pem
+from gateway.cli.envelope import envelope
+from gateway.xml import envelope as envelope_mod
+from gateway.xml import signature as signing
 
 
 def _identity(directory: Path, name: str) -> tuple[Path, Path, x509.Certificate]:
@@ -98,9 +99,9 @@ def test_sign_then_verify(files: dict[str, Path], tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     cert = x509.load_pem_x509_certificate(files["cert"].read_bytes())
     assert result.stdout == (
-        f"signer: CN=xa serial={certs.serial_hex(cert.serial_number)} "
+        f"signer: CN=xa serial={pem.serial_hex(cert.serial_number)} "
         f"cert_sha256={signing.cert_fingerprint(cert).removeprefix('sha256:')} "
-        f"spki_pin={certs.spki_pin(cert)}\n"
+        f"spki_pin={pem.spki_pin(cert)}\n"
     )
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from gateway.cli_translate import translate_command
+from gateway.cli.translate import translate_command
 
 ROOT = Path(__file__).parents[2]
 EXAMPLES = ROOT / "examples"

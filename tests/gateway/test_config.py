@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from gateway import certs
+from gateway.ca import authority
 from gateway.cli import main
-from gateway.config import load_settings
+from gateway.config.files import load_settings
 from gateway.errors import ConfigError
 
 CONFIG = Path(__file__).resolve().parents[2] / "config"
@@ -24,10 +24,10 @@ def example(tmp_path: Path) -> Path:
     shutil.copytree(CONFIG, tmp_path / "config")
     for gid in ("XA", "XB"):
         base = tmp_path / "certs" / gid
-        certs.init_ca(f"{gid} CA", base / "ca")
-        certs.issue(base / "ca", "tls-server", "tls-server", base / "certs", sans=["127.0.0.1"])
-        certs.issue(base / "ca", "tls-client", "tls-client", base / "certs")
-        certs.issue(base / "ca", "signing", "signing", base / "certs")
+        authority.init_ca(f"{gid} CA", base / "ca")
+        authority.issue(base / "ca", "tls-server", "tls-server", base / "certs", sans=["127.0.0.1"])
+        authority.issue(base / "ca", "tls-client", "tls-client", base / "certs")
+        authority.issue(base / "ca", "signing", "signing", base / "certs")
     return tmp_path / "config" / "gateway.toml"
 
 
@@ -96,7 +96,7 @@ def test_a_missing_file_is_a_configuration_error(tmp_path: Path) -> None:
 def _with_xb_crl(example: Path, *extra: str, **crl_kw: object) -> Path:
     """XA's example configuration with a CRL of XB's CA (made with ``crl_kw``) in XB's file."""
     crl = example.parent.parent / "certs" / "XB" / "crl.pem"
-    certs.make_crl(example.parent.parent / "certs" / "XB" / "ca", crl, **crl_kw)  # type: ignore[arg-type]
+    authority.make_crl(example.parent.parent / "certs" / "XB" / "ca", crl, **crl_kw)  # type: ignore[arg-type]
     partner = example.parent / "partners" / "XB.toml"
     partner.write_text(
         partner.read_text()

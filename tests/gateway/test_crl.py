@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from gateway import certs, crl
-from gateway.config import Partner
+from gateway.ca import authority
+from gateway.config.models import Partner
 from gateway.errors import CrlError
-from gateway.tls import PartnerTrust, TrustStore
+from gateway.trust import crl
+from gateway.trust.identity import PartnerTrust, TrustStore
 
 NOW = dt.datetime.now(dt.UTC)
 
@@ -23,14 +24,14 @@ class Pki:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        certs.init_ca("XA Customs Gateway CA", root / "xa-ca")
-        certs.init_ca("Other CA", root / "other-ca")
+        authority.init_ca("XA Customs Gateway CA", root / "xa-ca")
+        authority.init_ca("Other CA", root / "other-ca")
         self.crl_file = root / "partners" / "XA-crl.pem"
-        certs.make_crl(root / "xa-ca", self.crl_file)  # number 1
+        authority.make_crl(root / "xa-ca", self.crl_file)  # number 1
 
     def crl(self, ca: str = "xa-ca", **kw: object) -> bytes:
         out = self.root / "made.pem"
-        certs.make_crl(self.root / ca, out, **kw)  # type: ignore[arg-type]
+        authority.make_crl(self.root / ca, out, **kw)  # type: ignore[arg-type]
         return out.read_bytes()
 
     def partner(self, **kw: object) -> Partner:
@@ -88,7 +89,9 @@ def test_an_older_crl_than_the_one_in_force_is_refused(pki: Pki) -> None:
 
 def test_sources_prefer_crl_url_then_distribution_points(pki: Pki) -> None:
     """crl_url wins; else the distribution points of the signing, then CA certificates; none without a crl file."""
-    certs.issue(pki.root / "xa-ca", "signing", "sig", pki.root, crl_url="http://crl.xa.test/ca.crl")
+    authority.issue(
+        pki.root / "xa-ca", "signing", "sig", pki.root, crl_url="http://crl.xa.test/ca.crl"
+    )
     signing = (pki.root / "sig.pem",)
     assert crl.sources(pki.partner(signing_certs=signing), pki.trust(signing_certs=signing)) == [
         "http://crl.xa.test/ca.crl"

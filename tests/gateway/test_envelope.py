@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from lxml import etree
 
-from gateway import envelope
-from gateway.envelope import Header, ReceiptEntry
 from gateway.errors import EnvelopeError
+from gateway.xml import envelope
+from gateway.xml.envelope import Header, ReceiptEntry
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 REQUEST_XML = (EXAMPLES / "maa-xml" / "maa.request.xml").read_bytes()

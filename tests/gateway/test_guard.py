@@ -10,8 +10,8 @@ import asyncio
 
 import pytest
 
-from gateway.config import ListenSection
-from gateway.guard import CLOSING_SECONDS, ConnectionClock
+from gateway.api.guard import CLOSING_SECONDS, ConnectionClock
+from gateway.config.models import ListenSection
 
 #: short deadlines, so that a test waits fractions of a second
 LIMITS = ListenSection(idle_timeout=0.2, header_timeout=0.1)

@@ -15,7 +15,8 @@ from aiohttp import streams
 from aiohttp.test_utils import make_mocked_request
 from lxml import etree
 
-from gateway.inbound import _peek_message_id, read_body
+from gateway.api.partner import read_body
+from gateway.xml.envelope import _peek_message_id
 
 LIMIT = 1000
 
@@ -101,8 +102,7 @@ def test_peek_message_id_reads_only_a_plausible_id(xml: bytes, expected: str | N
 
 def test_a_batch_body_splits_into_exactly_the_envelopes_sent() -> None:
     """decode_multipart returns each part byte for byte as encode_multipart wrote it."""
-    from gateway.delivery import encode_multipart
-    from gateway.inbound import decode_multipart
+    from gateway.xml.batch import decode_multipart, encode_multipart
 
     parts = [b"<a>1</a>", b"<b>\r\n two\r\n</b>", b"<c/>"]
     body = encode_multipart(parts, "b0undary")
@@ -120,7 +120,7 @@ def test_a_batch_body_splits_into_exactly_the_envelopes_sent() -> None:
 def test_a_malformed_batch_is_refused(body: bytes, content_type: str) -> None:
     """An unclosed batch, one without boundary, or an empty one is ENVELOPE_BATCH."""
     from gateway.errors import EnvelopeError
-    from gateway.inbound import decode_multipart
+    from gateway.xml.batch import decode_multipart
 
     with pytest.raises(EnvelopeError) as info:
         decode_multipart(body, content_type)
@@ -140,8 +140,8 @@ def test_the_signing_time_is_the_created_time_inside_the_replay_window(
     offset: timedelta, inside: bool
 ) -> None:
     """Created is used as the signing time only when it lies in the replay window."""
-    from gateway import envelope as env
-    from gateway.inbound import _peek_created
+    from gateway.xml import envelope as env
+    from gateway.xml.envelope import _peek_created
 
     created = env.utcnow() + offset
     header = env.Header(

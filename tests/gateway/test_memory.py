@@ -7,7 +7,7 @@ import platform
 
 import pytest
 
-from gateway.memory import MemoryTrimmer
+from gateway.service.memory import MemoryTrimmer
 
 glibc = pytest.mark.skipif(
     platform.libc_ver()[0] != "glibc", reason="malloc_trim is glibc's (the gateway runs on it)"

@@ -12,29 +12,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gateway.config.agreement import TYPES_BY_KIND, Agreement, load_agreement, load_agreements
 from gateway.errors import ConfigError, PolicyViolation
-from gateway.policy import (
-    MESSAGE_TYPES,
-    Agreement,
-    Code,
-    Decision,
-    PolicyRequest,
-    RateLimiter,
-    TokenBucket,
-    apply_redactions,
-    evaluate,
-    explain,
-    find_agreement,
-    load_agreement,
-    load_agreements,
-    parse_path,
-    violation,
-)
+from gateway.policy.engine import Code, Decision, PolicyRequest, evaluate, find_agreement, violation
+from gateway.policy.explain import explain
+from gateway.policy.rate_limit import RateLimiter, TokenBucket
+from gateway.policy.redaction import apply_redactions, parse_path
 
 ROOT = Path(__file__).resolve().parents[2]
 LOCAL, PARTNER = "XA", "XB"
 NOW = datetime(2027, 6, 1, 12, 0, tzinfo=UTC)
-MAA_TYPES = sorted(MESSAGE_TYPES["bilateral-maa"])
+MAA_TYPES = sorted(TYPES_BY_KIND["bilateral-maa"])
 CATEGORIES = ["goods", "transport", "trader", "enforcement", "financial"]
 
 
@@ -767,7 +755,7 @@ def test_refusals_have_an_allowance_the_size_of_all_the_senders_flows() -> None:
 
 def test_a_sender_without_any_flow_gets_the_small_default_refusal_allowance() -> None:
     """A partner no agreement lets send may still be refused, but only so often."""
-    from gateway.policy import REFUSALS_WITHOUT_FLOW_PER_MINUTE
+    from gateway.policy.rate_limit import REFUSALS_WITHOUT_FLOW_PER_MINUTE
 
     agreements = {"a": make_agreement()}
     limiter = RateLimiter()

@@ -7,7 +7,8 @@ import statistics
 
 import pytest
 
-from gateway.relay import DELAYS, delay_for
+from gateway.pipeline.settle import delay_for
+from gateway.relay.topology import DELAYS
 
 
 @pytest.mark.parametrize("attempt", [1, 2, 3, 5, 8, 20, 200])
@@ -53,7 +54,7 @@ def test_the_shipped_definitions_file_is_the_current_topology() -> None:
     import json
     from pathlib import Path
 
-    from gateway.relay import Names, topology
+    from gateway.relay.topology import Names, topology
 
     shipped = Path(__file__).resolve().parents[2] / "deploy" / "rabbitmq" / "definitions.json"
     assert json.loads(shipped.read_text()) == topology(Names(""), ["XB"], vhost="/")

@@ -24,8 +24,9 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
 from cryptography.x509.oid import NameOID
 from lxml import etree
 
-from gateway import signing, xmlsafe
 from gateway.errors import ConfigError, EnvelopeError, SignatureError
+from gateway.xml import safe as xmlsafe
+from gateway.xml import signature as signing
 
 DS = signing.DS_NS
 NS = {"ds": DS, "e": "urn:maagw:envelope:1"}

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.store import Store, StoreError
+from gateway.errors import StoreError
+from gateway.state.sqlite import Store
 
 
 def _committed(path: Path, message_id: str) -> bool:

@@ -10,8 +10,8 @@ import pytest
 from aiohttp.test_utils import make_mocked_request
 from multidict import CIMultiDict
 
+from gateway.api.strict_http import check_request
 from gateway.errors import http_status
-from gateway.strict_http import check_request
 
 XML = ("Content-Type", "application/xml")
 

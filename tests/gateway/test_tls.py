@@ -12,10 +12,11 @@ import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 from structlog.testing import capture_logs
 
-from gateway import certs
-from gateway.config import Partner, TlsSection
+from gateway import pem
+from gateway.ca import authority
+from gateway.config.models import Partner, TlsSection
 from gateway.errors import AuthError, ConfigError
-from gateway.tls import TLS12_CIPHERS, TrustStore
+from gateway.trust.identity import TLS12_CIPHERS, TrustStore
 
 NOW = dt.datetime.now(dt.UTC)
 
@@ -30,20 +31,20 @@ class World:
         return self.root / pid / "ca"
 
     def issue(self, pid: str, name: str, kind: str = "tls-client", **kw: object) -> Path:
-        certs.issue(self.ca(pid), kind, name, self.root / pid / "certs", **kw)  # type: ignore[arg-type]
+        authority.issue(self.ca(pid), kind, name, self.root / pid / "certs", **kw)  # type: ignore[arg-type]
         return self.root / pid / "certs" / f"{name}.pem"
 
     def der(self, path: Path) -> bytes:
-        return certs.load_cert(path).public_bytes(Encoding.DER)
+        return pem.load_cert(path).public_bytes(Encoding.DER)
 
     def pin(self, path: Path) -> str:
-        return certs.spki_pin(certs.load_cert(path))
+        return pem.spki_pin(pem.load_cert(path))
 
     def crl(self, pid: str, *revoke: Path, **kw: object) -> Path:
         for path in revoke:
-            certs.revoke(self.ca(pid), certs.load_cert(path).serial_number, "keyCompromise")
+            authority.revoke(self.ca(pid), pem.load_cert(path).serial_number, "keyCompromise")
         out = self.root / pid / "crl.pem"
-        certs.make_crl(self.ca(pid), out, **kw)  # type: ignore[arg-type]
+        authority.make_crl(self.ca(pid), out, **kw)  # type: ignore[arg-type]
         return out
 
     def partner(self, pid: str, *pinned: Path, **kw: object) -> Partner:
@@ -61,7 +62,7 @@ def world(tmp_path: Path) -> World:
     """XA's and XC's CAs, each with a TLS client certificate named ``client``."""
     w = World(tmp_path)
     for pid in ("XA", "XC"):
-        certs.init_ca(f"{pid} Customs Gateway CA", w.ca(pid))
+        authority.init_ca(f"{pid} Customs Gateway CA", w.ca(pid))
         w.issue(pid, "client")
     return w
 
@@ -178,7 +179,7 @@ def test_with_crl_puts_a_new_crl_in_force_for_one_partner_only(world: World) -> 
     old = TrustStore(
         {"XA": world.partner("XA", xa_client, crl=world.crl("XA")), "XC": world.partner("XC")}
     )
-    newer = certs.load_crl(world.crl("XA", xa_client))
+    newer = pem.load_crl(world.crl("XA", xa_client))
     new = old.with_crl("XA", newer)
     assert old.authenticate(world.der(xa_client)) == "XA"
     with pytest.raises(AuthError) as caught:
@@ -212,7 +213,7 @@ def test_signing_certificates_exclude_revoked_ones(world: World) -> None:
     new = world.issue("XA", "signing-new", kind="signing")
     crl = world.crl("XA", old)
     trust = TrustStore({"XA": world.partner("XA", signing_certs=(old, new), crl=crl)})
-    assert trust.signing_certs("XA") == (certs.load_cert(new),)
+    assert trust.signing_certs("XA") == (pem.load_cert(new),)
 
 
 def test_signing_certificates_all_refused_raise_the_reason(world: World) -> None:
@@ -229,7 +230,7 @@ def test_signing_certificates_all_refused_raise_the_reason(world: World) -> None
 def test_carried_identities_serve_open_connections_but_not_new_ones(world: World) -> None:
     """After a CA change, a carried certificate is still XA for requests, not for new connections."""
     old = world.root / "XA" / "certs" / "client.pem"
-    certs.init_ca("XA Customs Gateway CA 2", world.root / "XA2" / "ca")
+    authority.init_ca("XA Customs Gateway CA 2", world.root / "XA2" / "ca")
     new_partner = Partner(id="XA", url="https://xa.test", ca=world.root / "XA2" / "ca" / "ca.pem")
     trust = TrustStore({"XA": new_partner})
     trust.carry({world.der(old): "XA"})
@@ -285,7 +286,7 @@ def test_the_partner_ca_must_itself_be_valid(world: World) -> None:
     """A certificate issued by a partner CA that has expired is refused (the TLS library no longer checks time)."""
     client = world.root / "XA" / "certs" / "client.pem"
     trust = TrustStore({"XA": world.partner("XA", client)})
-    ca = certs.load_cert(world.ca("XA") / "ca.pem")
+    ca = pem.load_cert(world.ca("XA") / "ca.pem")
     later = ca.not_valid_after_utc + dt.timedelta(days=1)
     with pytest.raises(AuthError) as caught:
         trust.authenticate(world.der(client), now=later)
@@ -309,17 +310,17 @@ def test_an_expired_signing_certificate_is_left_to_signature_verification(world:
         "XA", "signing-old", kind="signing", not_before=NOW - dt.timedelta(days=30), days=2
     )
     trust = TrustStore({"XA": world.partner("XA", signing_certs=(old,))})
-    assert trust.signing_certs("XA") == (certs.load_cert(old),)
+    assert trust.signing_certs("XA") == (pem.load_cert(old),)
 
 
 def test_a_revoked_certificate_is_named_by_its_serial_as_openssl_prints_it(world: World) -> None:
     """The refusal of a revoked certificate names its serial in upper-case hex of even length."""
     cert, partner = _revoked(world)
     assert cert is not None
-    serial = certs.load_cert(cert).serial_number
+    serial = pem.load_cert(cert).serial_number
     trust = TrustStore({"XA": partner})
     with pytest.raises(AuthError) as caught:
         trust.authenticate(world.der(cert))
-    assert f"serial {certs.serial_hex(serial)} is revoked" in caught.value.reason
+    assert f"serial {pem.serial_hex(serial)} is revoked" in caught.value.reason
     closing = trust.closing_reason(world.der(cert), "XA")
-    assert closing is not None and certs.serial_hex(serial) in closing.reason
+    assert closing is not None and pem.serial_hex(serial) in closing.reason

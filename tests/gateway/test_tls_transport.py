@@ -12,15 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from gateway import certs
-from gateway.tls_transport import READ_BUFFER_BYTES, start_tls
+from gateway.ca import authority
+from gateway.trust.tls_transport import READ_BUFFER_BYTES, start_tls
 
 
 @pytest.fixture
 def contexts(tmp_path: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
     """A server context and a client context trusting it, from a fresh CA."""
-    certs.init_ca("Test CA", tmp_path / "ca")
-    certs.issue(tmp_path / "ca", "tls-server", "server", tmp_path / "out", sans=["127.0.0.1"])
+    authority.init_ca("Test CA", tmp_path / "ca")
+    authority.issue(tmp_path / "ca", "tls-server", "server", tmp_path / "out", sans=["127.0.0.1"])
     server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     server.load_cert_chain(tmp_path / "out" / "server.pem", tmp_path / "out" / "server.key")
     client = ssl.create_default_context(cafile=str(tmp_path / "ca" / "ca.pem"))

@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from gateway import xmlsafe
 from gateway.errors import EnvelopeError
+from gateway.xml import safe as xmlsafe
 
 BILLION_LAUGHS = b"""<?xml version="1.0"?>
 <!DOCTYPE lolz [

@@ -13,11 +13,12 @@ import pytest
 import structlog
 from click.testing import CliRunner
 
-from gateway import certs
-from gateway.app import Gateway
-from gateway.cli_admin import reload_command
-from gateway.config import Settings, load_settings
+from gateway.ca import authority
+from gateway.cli.reload import reload_command
+from gateway.config.files import load_settings
+from gateway.config.models import Settings
 from gateway.errors import ConfigError
+from gateway.service.gateway import Gateway
 
 TOKEN = "s3cret-operator-token-0123456789"
 
@@ -65,7 +66,7 @@ async def call(
 
 
 def issue(gw: Gateway, kind: str, name: str, out: Path) -> Path:
-    certs.issue(gw.settings.tls.ca.parent, kind, name, out)
+    authority.issue(gw.settings.tls.ca.parent, kind, name, out)
     return out / f"{name}.pem"
 
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.audit import AuditLog
-from gateway.audit_testing import (
+from gateway.audit.log import AuditLog
+from gateway.testing.audit import (
     PgUnavailable,
     services_required,
     start_scratch_pg,
@@ -24,8 +24,9 @@ from gateway.audit_testing import (
 #: the child: many concurrent appenders, each printing a seq once append() returned it
 CHILD = r"""
 import asyncio, sys
-from gateway.audit import AuditEvent, AuditLog
-from gateway.audit_testing import EcSigner
+from gateway.audit.chain import AuditEvent
+from gateway.audit.log import AuditLog
+from gateway.testing.audit import EcSigner
 
 async def appender(log, n):
     i = 0

@@ -10,8 +10,10 @@ from collections.abc import AsyncIterator, Iterator
 import asyncpg  # type: ignore[import-untyped, unused-ignore]
 import pytest
 
-from gateway.audit import AuditEvent, AuditLog
-from gateway.audit_testing import (
+from gateway.audit.chain import AuditEvent
+from gateway.audit.log import AuditLog
+from gateway.errors import AuditError
+from gateway.testing.audit import (
     EcSigner,
     PgUnavailable,
     reset_audit_tables,
@@ -19,7 +21,6 @@ from gateway.audit_testing import (
     start_scratch_pg,
     stop_scratch_pg,
 )
-from gateway.errors import AuditError
 
 pytestmark = pytest.mark.postgres
 

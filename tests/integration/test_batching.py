@@ -11,14 +11,16 @@ import aio_pika
 import pytest
 from lxml import etree
 
-from gateway import envelope as env
-from gateway import signing, xmlsafe
-from gateway.app import Gateway
-from gateway.audit import AuditLog
-from gateway.config import load_settings
+from gateway.audit.log import AuditLog
+from gateway.config.files import load_settings
 from gateway.demo import provision
-from gateway.relay import Names
-from gateway.testing import RABBITMQ_URL, BackOffice, delete_topology, unique_prefix
+from gateway.relay.back_office import BackOffice
+from gateway.relay.topology import Names
+from gateway.service.gateway import Gateway
+from gateway.testing.broker import RABBITMQ_URL, delete_topology, unique_prefix
+from gateway.xml import envelope as env
+from gateway.xml import safe as xmlsafe
+from gateway.xml import signature as signing
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 REQUEST = (EXAMPLES / "national-json" / "maa.request.json").read_bytes()
@@ -102,8 +104,8 @@ async def test_a_bad_envelope_in_a_batch_is_refused_alone(batched: Any) -> None:
         ids.append(mid)
     envelopes[1] = envelopes[1].replace(b"Bicycle", b"Tricycle", 1)
     assert envelopes[1] != envelopes[0]
-    from gateway.delivery import PartnerClient
-    from gateway.tls import TrustStore
+    from gateway.partner_client.client import PartnerClient
+    from gateway.trust.identity import TrustStore
 
     xa_settings = settings["XA"]
     client = PartnerClient(xa_settings.partners, TrustStore(xa_settings.partners), xa_settings.tls)

@@ -12,8 +12,8 @@ import pytest
 import structlog
 from click.testing import CliRunner
 
-from gateway import certs
-from gateway.cli_certs import certs as certs_cli
+from gateway import pem
+from gateway.cli.certs import certs as certs_cli
 
 OPENSSL = shutil.which("openssl")
 pytestmark = pytest.mark.skipif(OPENSSL is None, reason="the openssl binary is not installed")
@@ -46,7 +46,7 @@ def issued(tmp_path: Path) -> dict[str, Path]:
     out = tmp_path / "out"
     maagw_certs("init-ca", "--name", "XA Test CA", "--out", str(ca))
     paths = {"ca": ca}
-    for kind in certs.KINDS:
+    for kind in pem.KINDS:
         maagw_certs("issue", "--ca", str(ca), "--kind", kind, "--name", kind,
                     "--san", "127.0.0.1", "--san", "gw.xa.test", "--out", str(out))  # fmt: skip
         paths[kind] = out / f"{kind}.pem"
@@ -56,7 +56,7 @@ def issued(tmp_path: Path) -> dict[str, Path]:
     return paths
 
 
-LEAVES = [*certs.KINDS, "rsa-server"]
+LEAVES = [*pem.KINDS, "rsa-server"]
 
 
 @pytest.mark.parametrize("name", LEAVES)
@@ -117,7 +117,7 @@ def test_openssl_reads_the_crl_reason_and_signature(
 ) -> None:
     """openssl verifies the CRL's signature with the CA and shows the revocation reason."""
     ca = issued["ca"]
-    serial = certs.serial_hex(certs.load_cert(issued["signing"]).serial_number)
+    serial = pem.serial_hex(pem.load_cert(issued["signing"]).serial_number)
     maagw_certs("revoke", "--ca", str(ca), serial, "--reason", "superseded")
     crl = tmp_path / "crl.pem"
     maagw_certs("crl", "--ca", str(ca), "--out", str(crl))
@@ -138,7 +138,7 @@ def test_spki_pin_matches_openssl(issued: dict[str, Path]) -> None:
         check=True,
         timeout=30,
     ).stdout
-    assert certs.spki_pin(certs.load_cert(cert)) == "sha256:" + hashlib.sha256(der).hexdigest()
+    assert pem.spki_pin(pem.load_cert(cert)) == "sha256:" + hashlib.sha256(der).hexdigest()
 
 
 def test_openssl_reads_encrypted_keys_with_the_passphrase(tmp_path: Path) -> None:

@@ -9,8 +9,8 @@ import aio_pika
 from click.testing import CliRunner, Result
 
 from gateway.cli import main
-from gateway.config import Settings
-from gateway.testing import BackOffice
+from gateway.config.models import Settings
+from gateway.relay.back_office import BackOffice
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "national-json"
 

@@ -20,9 +20,12 @@ import pytest
 from aiohttp import web
 from structlog.testing import capture_logs
 
-from gateway import certs, crl
-from gateway.app import Gateway
-from gateway.config import Settings, load_settings
+from gateway import pem
+from gateway.ca import authority
+from gateway.config.files import load_settings
+from gateway.config.models import Settings
+from gateway.service.gateway import Gateway
+from gateway.trust import crl
 
 NOW = dt.datetime.now(dt.UTC)
 TOKEN = "crl-test-operator-token-0123456789"
@@ -85,9 +88,9 @@ class Setup:
     def make_crl(self, *revoke: Path, **kw: object) -> bytes:
         """A CRL of XA's CA (the next CRL number) revoking ``revoke``; its PEM bytes."""
         for path in revoke:
-            certs.revoke(self.xa_ca, certs.load_cert(path).serial_number, "keyCompromise")
+            authority.revoke(self.xa_ca, pem.load_cert(path).serial_number, "keyCompromise")
         out = self.root / "made-crl.pem"
-        certs.make_crl(self.xa_ca, out, **kw)  # type: ignore[arg-type]
+        authority.make_crl(self.xa_ca, out, **kw)  # type: ignore[arg-type]
         return out.read_bytes()
 
     def in_force(self) -> int | None:
@@ -111,7 +114,7 @@ class Setup:
 def configure_xa_crl(root: Path, url: str | None, extra: str = "") -> Path:
     """Give XB's partner file for XA a CRL file (number 1) and its URL; the file's path."""
     crl_file = root / "XB" / "partners" / "certs" / "XA-crl.pem"
-    certs.make_crl(root / "XA" / "ca", crl_file)
+    authority.make_crl(root / "XA" / "ca", crl_file)
     partner = root / "XB" / "partners" / "XA.toml"
     source = f'crl_url = "{url}"\n' if url else ""
     partner.write_text(partner.read_text() + 'crl = "certs/XA-crl.pem"\n' + source)

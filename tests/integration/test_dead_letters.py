@@ -13,12 +13,12 @@ import aio_pika
 import pytest
 from click.testing import CliRunner, Result
 
-from gateway.app import Gateway
-from gateway.audit import AuditLog
+from gateway.audit.log import AuditLog
 from gateway.cli import main
-from gateway.config import Settings
-from gateway.store import Store
-from gateway.testing import BackOffice
+from gateway.config.models import Settings
+from gateway.relay.back_office import BackOffice
+from gateway.service.gateway import Gateway
+from gateway.state.sqlite import Store
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 REQUEST = (EXAMPLES / "national-json" / "maa.request.json").read_bytes()

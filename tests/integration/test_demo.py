@@ -16,7 +16,8 @@ import pytest
 
 from gateway.demo import run_demo
 from gateway.errors import RelayError
-from gateway.relay import Names, Relay, delete_topology, topology
+from gateway.relay.broker import Relay, delete_topology
+from gateway.relay.topology import Names, topology
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 REQUEST = (EXAMPLES / "national-json" / "maa.request.json").read_bytes()

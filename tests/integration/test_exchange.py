@@ -11,10 +11,10 @@ from pathlib import Path
 
 import aio_pika
 
-from gateway.app import Gateway
-from gateway.config import Settings
-from gateway.relay import DELAYS
-from gateway.testing import BackOffice
+from gateway.config.models import Settings
+from gateway.relay.back_office import BackOffice
+from gateway.relay.topology import DELAYS
+from gateway.service.gateway import Gateway
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 REQUEST = (EXAMPLES / "national-json" / "maa.request.json").read_bytes()

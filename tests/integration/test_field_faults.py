@@ -24,18 +24,20 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from gateway import certs
-from gateway.app import Gateway
-from gateway.audit import AuditLog
-from gateway.audit_testing import create_scratch_db, drop_scratch_db, pg_reachable
-from gateway.config import Settings, load_settings
+from gateway import pem
+from gateway.audit.log import AuditLog
+from gateway.ca import authority
+from gateway.config.files import load_settings
+from gateway.config.models import Settings
 from gateway.demo import provision
-from gateway.relay import Names, Relay
-from gateway.testing import (
-    BackOffice,
+from gateway.relay.back_office import BackOffice, open_office
+from gateway.relay.broker import Relay
+from gateway.relay.topology import Names
+from gateway.service.gateway import Gateway
+from gateway.testing.audit import create_scratch_db, drop_scratch_db, pg_reachable
+from gateway.testing.broker import (
     account,
     delete_topology,
-    open_office,
     publish_many,
     services_required,
     start_gateway_process,
@@ -304,7 +306,7 @@ async def test_audit_connections_killed_and_refused_for_10_seconds_stall_nothing
     """XA's PostgreSQL audit connections terminated and refused for 10 s: the flow resumes, 0 lost."""
     import asyncpg  # type: ignore[import-untyped, unused-ignore]
 
-    from gateway.audit_testing import PG_ADMIN_URL
+    from gateway.testing.audit import PG_ADMIN_URL
 
     problem = await pg_reachable()
     if problem is not None:
@@ -551,14 +553,14 @@ async def test_a_crl_past_its_next_update_makes_receipts_unverified_not_failed(
 
     def short_lived_crl(root: Path) -> None:
         crl = root / "XA" / "partners" / "certs" / "XB.crl"
-        certs.make_crl(root / "XB" / "ca", crl, next_update_days=20 / 86400)
+        authority.make_crl(root / "XB" / "ca", crl, next_update_days=20 / 86400)
         partner = root / "XA" / "partners" / "XB.toml"
         partner.write_text(partner.read_text() + 'crl = "certs/XB.crl"\n')
 
     settings, _ = make_pair(before_load=short_lived_crl)
     # the CRL is current when the gateways start (a stale one is refused at load) and
     # goes past its nextUpdate while they run
-    nxt = certs.load_crl(settings["XA"].partners["XB"].crl).next_update_utc  # type: ignore[arg-type]
+    nxt = pem.load_crl(settings["XA"].partners["XB"].crl).next_update_utc  # type: ignore[arg-type]
     assert nxt is not None
     wait = (nxt - datetime.now(UTC)).total_seconds() + 1
     await _assert_unverified(settings, "AUTH_CRL_STALE", wait_before_sending=max(0.0, wait))

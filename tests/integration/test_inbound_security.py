@@ -30,16 +30,20 @@ from cryptography import x509
 from lxml import etree
 
 import adapters
-from gateway import certs, envelope, signing
-from gateway.app import Gateway
-from gateway.audit_chain import Entry
-from gateway.config import Settings, load_settings
+from gateway.audit.chain import Entry
+from gateway.ca import authority
+from gateway.config.files import load_settings
+from gateway.config.models import Settings
 from gateway.demo import provision
-from gateway.envelope import Header, Receipt
 from gateway.errors import http_status
-from gateway.relay import Names
-from gateway.signing import Signer
-from gateway.testing import RABBITMQ_URL, BackOffice, delete_topology, unique_prefix
+from gateway.relay.back_office import BackOffice
+from gateway.relay.topology import Names
+from gateway.service.gateway import Gateway
+from gateway.testing.broker import RABBITMQ_URL, delete_topology, unique_prefix
+from gateway.xml import envelope
+from gateway.xml import signature as signing
+from gateway.xml.envelope import Header, Receipt
+from gateway.xml.signature import Signer
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "maa-xml"
 REQUEST_XML = (EXAMPLES / "maa.request.xml").read_bytes()
@@ -351,7 +355,7 @@ def second_signature(signer: Signer, mid: str, root: Path) -> bytes:
 
 def unpinned_certificate(signer: Signer, mid: str, root: Path) -> bytes:
     """Signed with a certificate XA's own CA issued, but that XB has not pinned."""
-    certs.issue(root / "XA" / "ca", "signing", "rogue-signing", root / "rogue")
+    authority.issue(root / "XA" / "ca", "signing", "rogue-signing", root / "rogue")
     rogue = Signer.from_files(
         root / "rogue" / "rogue-signing.key", root / "rogue" / "rogue-signing.pem"
     )

@@ -36,10 +36,10 @@ from test_inbound_security import (
 )
 from test_partner_limits import audited, xb_with
 
-from gateway.audit_chain import Entry
-from gateway.config import Settings
-from gateway.delivery import encode_multipart
+from gateway.audit.chain import Entry
+from gateway.config.models import Settings
 from gateway.demo import AGREEMENTS
+from gateway.xml.batch import encode_multipart
 
 HEAD = b"POST /v1/messages HTTP/1.1\r\nHost: gw.xb.test\r\n"
 

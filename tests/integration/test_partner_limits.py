@@ -29,8 +29,8 @@ from test_inbound_security import (
     signer_of,
 )
 
-from gateway.audit_chain import Entry
-from gateway.config import Settings
+from gateway.audit.chain import Entry
+from gateway.config.models import Settings
 
 PING = b"GET /v1/ping HTTP/1.1\r\nHost: gw.xb.test\r\n\r\n"
 #: how long past a deadline a closure may come on a busy two-core machine

@@ -26,10 +26,10 @@ from test_inbound_security import (
     signer_of,
 )
 
-from gateway.app import Gateway
-from gateway.config import Settings
+from gateway.config.models import Settings
 from gateway.demo import AGREEMENTS
-from gateway.testing import BackOffice
+from gateway.relay.back_office import BackOffice
+from gateway.service.gateway import Gateway
 
 NATIONAL = Path(__file__).resolve().parents[2] / "examples" / "national-json"
 AGREEMENT = "xa-xb-maa"

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 from test_inbound_security import back_office, link, running
 
-from gateway import certs
-from gateway.config import Settings
-from gateway.testing import services_required
+from gateway.ca import authority
+from gateway.config.models import Settings
+from gateway.testing.broker import services_required
 
 NATIONAL = Path(__file__).resolve().parents[2] / "examples" / "national-json"
 
@@ -49,10 +49,10 @@ async def xmlsec1_verify(tool: str, trusted_ca: Path, document: Path) -> tuple[i
     return process.returncode or 0, out.decode(errors="replace")
 
 
-def use_signing_key_type(root: Path, key_type: certs.KeyType) -> None:
+def use_signing_key_type(root: Path, key_type: authority.KeyType) -> None:
     """Re-issue XA's and XB's signing certificates with ``key_type`` and re-pin them."""
     for gid, other in (("XA", "XB"), ("XB", "XA")):
-        certs.issue(
+        authority.issue(
             root / gid / "ca", "signing", "signing", root / gid / "certs", key_type=key_type
         )
         shutil.copy(
@@ -63,7 +63,7 @@ def use_signing_key_type(root: Path, key_type: certs.KeyType) -> None:
 
 @pytest.mark.parametrize("key_type", ["ec", "rsa"])
 async def test_envelopes_and_receipts_verify_in_xmlsec1(
-    pair: dict[str, Settings], tmp_path: Path, xmlsec1: str, key_type: certs.KeyType
+    pair: dict[str, Settings], tmp_path: Path, xmlsec1: str, key_type: authority.KeyType
 ) -> None:
     """Envelope, evidence and both kinds of receipt verify in xmlsec1; tampered copies do not."""
     use_signing_key_type(tmp_path, key_type)

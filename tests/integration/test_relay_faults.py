@@ -16,18 +16,18 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from gateway.app import Gateway
 from gateway.cli import main
-from gateway.config import Settings, load_settings
+from gateway.config.files import load_settings
+from gateway.config.models import Settings
 from gateway.demo import provision
-from gateway.relay import Names
-from gateway.testing import (
-    BackOffice,
+from gateway.relay.back_office import BackOffice, open_office
+from gateway.relay.topology import Names
+from gateway.service.gateway import Gateway
+from gateway.testing.broker import (
     account,
     close_broker_connections,
     collect,
     delete_topology,
-    open_office,
     publish_many,
     start_gateway_process,
     unique_prefix,
@@ -383,8 +383,8 @@ async def test_without_the_broker_the_partner_api_answers_503_and_accepts_nothin
 
     import aiohttp
 
-    from gateway import envelope as env
-    from gateway.signing import Signer
+    from gateway.xml import envelope as env
+    from gateway.xml.signature import Signer
 
     settings, _ = fast_pair
     xb = Gateway(settings["XB"])

@@ -15,12 +15,13 @@ from pathlib import Path
 import aio_pika
 import pytest
 
-from gateway import certs
-from gateway.app import Gateway
-from gateway.audit_chain import Entry
-from gateway.config import Settings
+from gateway import pem
+from gateway.audit.chain import Entry
+from gateway.ca import authority
+from gateway.config.models import Settings
 from gateway.errors import RelayError
-from gateway.testing import RABBITMQ_URL
+from gateway.service.gateway import Gateway
+from gateway.testing.broker import RABBITMQ_URL
 
 PING = b"GET /v1/ping HTTP/1.1\r\nHost: gw.xb.test\r\n\r\n"
 
@@ -132,14 +133,14 @@ async def test_new_ca_and_pins_apply_to_new_connections_and_spare_the_open_one(
     link = await setup.open(cert, key)
     assert await link.ping() == 204
     new_ca = setup.root / "XA2" / "ca"
-    certs.init_ca("XA Customs Gateway CA 2", new_ca)
-    certs.issue(new_ca, "tls-client", "tls-client", setup.root / "XA2" / "certs")
+    authority.init_ca("XA Customs Gateway CA 2", new_ca)
+    authority.issue(new_ca, "tls-client", "tls-client", setup.root / "XA2" / "certs")
     new_cert = setup.root / "XA2" / "certs" / "tls-client.pem"
     new_key = new_cert.with_suffix(".key")
     (setup.root / "XB" / "partners" / "certs" / "XA-ca.pem").write_bytes(
         (new_ca / "ca.pem").read_bytes()
     )
-    setup.set_partner("tls_pins", [certs.spki_pin(certs.load_cert(new_cert))])
+    setup.set_partner("tls_pins", [pem.spki_pin(pem.load_cert(new_cert))])
 
     result = await setup.xb.reload("alice")
 
@@ -202,8 +203,8 @@ async def test_a_broken_new_file_is_refused_and_the_old_trust_stays(
 
 def _revoke_xa_client(s: Setup) -> None:
     cert, _ = s.xa_client
-    certs.revoke(s.root / "XA" / "ca", certs.load_cert(cert).serial_number, "keyCompromise")
-    certs.make_crl(s.root / "XA" / "ca", s.root / "XB" / "partners" / "certs" / "XA-crl.pem")
+    authority.revoke(s.root / "XA" / "ca", pem.load_cert(cert).serial_number, "keyCompromise")
+    authority.make_crl(s.root / "XA" / "ca", s.root / "XB" / "partners" / "certs" / "XA-crl.pem")
     s.set_partner("crl", "certs/XA-crl.pem")
 
 
@@ -254,8 +255,8 @@ async def test_sighup_reloads(setup: Setup) -> None:
 def add_partner_xc(setup: Setup) -> None:
     """Write a partner file for a new administration XC into XB's configuration."""
     xc = setup.root / "XC"
-    certs.init_ca("XC Customs Gateway CA", xc / "ca")
-    certs.issue(xc / "ca", "signing", "signing", xc / "certs")
+    authority.init_ca("XC Customs Gateway CA", xc / "ca")
+    authority.issue(xc / "ca", "signing", "signing", xc / "certs")
     partners = setup.root / "XB" / "partners"
     shutil.copy(xc / "ca" / "ca.pem", partners / "certs" / "XC-ca.pem")
     shutil.copy(xc / "certs" / "signing.pem", partners / "certs" / "XC-signing.pem")

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import aio_pika
 
-from gateway import certs
-from gateway.app import Gateway
-from gateway.audit import AuditLog
-from gateway.config import Settings
-from gateway.testing import BackOffice
+from gateway import pem
+from gateway.audit.log import AuditLog
+from gateway.config.models import Settings
+from gateway.relay.back_office import BackOffice
+from gateway.service.gateway import Gateway
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 REQUEST = (EXAMPLES / "national-json" / "maa.request.json").read_bytes()
@@ -96,7 +96,7 @@ async def test_rotate_exchange_and_audit_verify_exit_0(
             )
         )
         assert (await xa.reload("op:xa")).ok
-        assert xa.runtime.signer.cert == certs.load_cert(new_cert)
+        assert xa.runtime.signer.cert == pem.load_cert(new_cert)
         assert await delivered(bo_a, bo_b)
     finally:
         await conn.close()
@@ -127,6 +127,6 @@ async def test_the_gateway_records_its_signing_certificate_once(pair: dict[str, 
         records = await audit.cert_records()
     finally:
         await audit.close()
-    signing = certs.load_cert(pair["XA"].signing.cert)
-    assert [r.sha256 for r in records] == [certs.cert_sha256(signing)]
+    signing = pem.load_cert(pair["XA"].signing.cert)
+    assert [r.sha256 for r in records] == [pem.cert_sha256(signing)]
     assert records[0].seq == 1  # before anything else, so before any checkpoint it signs

@@ -11,10 +11,11 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 import structlog
 
-from gateway.app import Gateway
-from gateway.config import Settings
+from gateway.config.models import Settings
 from gateway.errors import ConfigError, RelayError
-from gateway.relay import Names, Relay
+from gateway.relay.broker import Relay
+from gateway.relay.topology import Names
+from gateway.service.gateway import Gateway
 
 
 @pytest.fixture

@@ -25,14 +25,17 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from structlog.testing import capture_logs
 
-from gateway import certs, envelope
-from gateway.app import Gateway
-from gateway.audit_chain import Entry
-from gateway.config import Settings, load_settings
+from gateway import pem
+from gateway.audit.chain import Entry
+from gateway.ca import authority
+from gateway.config.files import load_settings
+from gateway.config.models import Settings
 from gateway.demo import provision
-from gateway.relay import Names
-from gateway.signing import Signer
-from gateway.testing import delete_topology, unique_prefix
+from gateway.relay.topology import Names
+from gateway.service.gateway import Gateway
+from gateway.testing.broker import delete_topology, unique_prefix
+from gateway.xml import envelope
+from gateway.xml.signature import Signer
 
 IDS = ("XA", "XB", "XC")
 NOW = dt.datetime.now(dt.UTC)
@@ -81,8 +84,8 @@ def _self_signed(out: Path, common_name: str) -> tuple[Path, Path]:
         .sign(key, hashes.SHA256())
     )
     out.mkdir(parents=True, exist_ok=True)
-    certs.write_cert(out / "self.pem", cert)
-    certs.write_private_key(out / "self.key", key)
+    pem.write_cert(out / "self.pem", cert)
+    pem.write_private_key(out / "self.key", key)
     return out / "self.pem", out / "self.key"
 
 
@@ -92,16 +95,18 @@ def prepare(root: Path, rabbitmq: str) -> dict[str, Settings]:
     prov = provision(root, rabbitmq, ids=IDS, prefixes={g: f"{base}{g.lower()}." for g in IDS})
     xa_ca = root / "XA" / "ca"
     out = root / "XA" / "certs"
-    certs.issue(xa_ca, "tls-client", "expired", out, not_before=NOW - dt.timedelta(days=30), days=2)
-    certs.issue(xa_ca, "tls-client", "future", out, not_before=NOW + dt.timedelta(days=3))
-    certs.issue(xa_ca, "tls-client", "revoked", out)
-    certs.issue(xa_ca, "tls-client", "unpinned", out)
-    certs.issue(root / "XC" / "ca", "tls-client", "XA", root / "XC" / "certs")
-    certs.revoke(xa_ca, certs.load_cert(out / "revoked.pem").serial_number, "keyCompromise")
+    authority.issue(
+        xa_ca, "tls-client", "expired", out, not_before=NOW - dt.timedelta(days=30), days=2
+    )
+    authority.issue(xa_ca, "tls-client", "future", out, not_before=NOW + dt.timedelta(days=3))
+    authority.issue(xa_ca, "tls-client", "revoked", out)
+    authority.issue(xa_ca, "tls-client", "unpinned", out)
+    authority.issue(root / "XC" / "ca", "tls-client", "XA", root / "XC" / "certs")
+    authority.revoke(xa_ca, pem.load_cert(out / "revoked.pem").serial_number, "keyCompromise")
     partners = root / "XB" / "partners"
-    certs.make_crl(xa_ca, partners / "certs" / "XA-crl.pem")
+    authority.make_crl(xa_ca, partners / "certs" / "XA-crl.pem")
     pins = [
-        certs.spki_pin(certs.load_cert(out / f"{n}.pem"))
+        pem.spki_pin(pem.load_cert(out / f"{n}.pem"))
         for n in ("tls-client", "tls-server", "expired", "future", "revoked")
     ]
     xa_file = partners / "XA.toml"

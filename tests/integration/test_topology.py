@@ -14,8 +14,9 @@ import pytest
 from click.testing import CliRunner
 
 from gateway.cli import main
-from gateway.config import Settings
-from gateway.relay import Names, Relay, delete_topology
+from gateway.config.models import Settings
+from gateway.relay.broker import Relay, delete_topology
+from gateway.relay.topology import Names
 
 
 def ctl(*args: str) -> str:

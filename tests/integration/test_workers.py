@@ -14,12 +14,12 @@ from typing import Any
 import aio_pika
 import pytest
 
-from gateway.config import load_settings
+from gateway.config.files import load_settings
 from gateway.demo import provision
-from gateway.relay import Names
-from gateway.testing import (
+from gateway.relay.back_office import BackOffice
+from gateway.relay.topology import Names
+from gateway.testing.broker import (
     RABBITMQ_URL,
-    BackOffice,
     delete_topology,
     start_gateway_process,
     unique_prefix,

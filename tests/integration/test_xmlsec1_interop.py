@@ -19,8 +19,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 from lxml import etree
 
-from gateway import signing
 from gateway.errors import SignatureError
+from gateway.xml import signature as signing
 
 ENVELOPE = b"""<Envelope xmlns="urn:maagw:envelope:1"><Header><MessageId>m-42</MessageId>\
 <Sender>XA</Sender><Receiver>XB</Receiver></Header><Payload><Text>interop</Text></Payload>\

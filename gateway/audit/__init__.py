@@ -1,0 +1,1 @@
+"""The tamper-evident exchange log: hash chain, checkpoints, evidence, verification, export."""

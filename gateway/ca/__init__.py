@@ -1,0 +1,1 @@
+"""The operator's certificate authority toolkit: issue, revoke, rotate, inspect, import partners."""

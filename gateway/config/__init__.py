@@ -1,0 +1,1 @@
+"""Configuration: ``gateway.toml``, partners and agreements, validated into frozen settings."""

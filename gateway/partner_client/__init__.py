@@ -1,0 +1,1 @@
+"""The sending side of the partner link: mutual-TLS requests to partner gateways."""

@@ -1,0 +1,1 @@
+"""The two message pipelines, outbound and inbound, and what they share."""

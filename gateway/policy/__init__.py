@@ -1,0 +1,1 @@
+"""The agreement policy engine (pure: no I/O), redactions and rate limits."""

@@ -1,0 +1,1 @@
+"""The RabbitMQ side: the broker objects and the only module that speaks AMQP."""

@@ -1,0 +1,1 @@
+"""Running a gateway: its lifecycle, reload, workers, logging."""

@@ -1,0 +1,1 @@
+"""Identity and trust: partners' certificates, pins and CRLs, and the connection gate."""

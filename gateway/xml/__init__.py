@@ -1,0 +1,1 @@
+"""The wire format: safe XML parsing, envelopes and receipts, batches, XML Signature."""
