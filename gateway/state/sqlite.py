@@ -29,15 +29,12 @@ import sqlite3
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeVar
-from gateway.errors import GatewayError
+from typing import Any, TypeVar
+
+from gateway.errors import GatewayError, StoreError
 from gateway.health import Health
-from gateway.errors import StoreError
 from gateway.state.store import Claim, DeadLetter
-
-
 
 T = TypeVar("T")
 

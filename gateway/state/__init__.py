@@ -1,0 +1,1 @@
+"""The gateway's own state: outbox, duplicate claims, dead letters, known requests."""
