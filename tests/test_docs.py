@@ -53,15 +53,15 @@ def test_architecture_describes_the_events_as_published() -> None:
 
     statuses: set[str] = set()
     keys = {"status", "gateway", "time"}  # Runtime.event adds these
-    tree = ast.parse(GATEWAY_SOURCES["pipeline/outbound.py"])
-    for node in ast.walk(tree):
+    trees = [ast.parse(GATEWAY_SOURCES[f"pipeline/{name}.py"]) for name in ("outbound", "settle")]
+    for node in (n for tree in trees for n in ast.walk(tree)):
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
             if node.func.attr == "event":
                 keys |= {k.arg for k in node.keywords if k.arg}
             if node.func.attr == "publish_event" and isinstance(node.args[1], ast.Constant):
                 statuses.add(str(node.args[1].value))
     assert statuses >= {"delivered", "retrying"}
-    statuses |= {"rejected", "failed"}  # passed through _dead(status=...)
+    statuses |= {"rejected", "failed"}  # passed through dead_letter(Refused(status=...))
     assert "`event.<status>`" in ARCHITECTURE
     assert sorted(s for s in statuses if f"`event.{s}`" not in ARCHITECTURE) == []
     assert sorted(k for k in keys if f"`{k}`" not in ARCHITECTURE) == []

@@ -22,7 +22,7 @@ from gateway.errors import (
     AuthError,
     EnvelopeError,
 )
-from gateway.pipeline.inbound import EMPTY_DIGEST, InboundPipeline
+from gateway.pipeline.inbound import Inbound, InboundPipeline
 from gateway.pipeline.runtime import Runtime
 from gateway.trust.identity import peer_der
 from gateway.xml.batch import decode_multipart
@@ -49,11 +49,11 @@ async def handle_messages(request: web.Request) -> web.Response:
     structlog.contextvars.bind_contextvars(partner=partner)
     waiting = pipeline.over_allowance(partner)
     if waiting is not None:
-        return await answer_and_close(request, await pipeline.answer(partner, waiting))
+        return await answer_and_close(request, await _answer(pipeline, partner, waiting))
     problem = strict_http.check_request(request)
     if problem is not None:
-        outcome = await pipeline.refuse(partner, "-", EMPTY_DIGEST, None, problem)
-        return await answer_and_close(request, await pipeline.answer(partner, outcome))
+        refused = pipeline.refuse_request(partner, problem)
+        return await answer_and_close(request, await _answer(pipeline, partner, refused))
     limits = rt.settings.partner_api
     limit = limits.max_body_bytes
     try:
@@ -70,24 +70,34 @@ async def handle_messages(request: web.Request) -> web.Response:
             if declared is not None and declared > limit
             else f"more than {limit} bytes"
         )
-        outcome = await pipeline.refuse(
+        refused = pipeline.refuse_request(
             partner,
-            "-",
-            EMPTY_DIGEST,
-            None,
             EnvelopeError(f"body of {size} exceeds the limit of {limit} bytes", code="SIZE_LIMIT"),
         )
-        return await answer_and_close(request, await pipeline.answer(partner, outcome))
+        return await answer_and_close(request, await _answer(pipeline, partner, refused))
     if request.content_type == "multipart/mixed":
         try:
             parts = decode_multipart(body, request.headers.get("Content-Type", ""))
         except EnvelopeError as exc:
-            outcome = await pipeline.refuse(partner, "-", EMPTY_DIGEST, None, exc)
-            return await pipeline.answer(partner, outcome)
-        outcomes = await asyncio.gather(*(pipeline.receive(partner, part) for part in parts))
-        return await pipeline.answer_many(partner, list(outcomes))
-    outcome = await pipeline.receive(partner, body)
-    return await pipeline.answer(partner, outcome)
+            return await _answer(pipeline, partner, pipeline.refuse_request(partner, exc))
+        done = await asyncio.gather(*(pipeline.receive(partner, part) for part in parts))
+        return await _answer(pipeline, partner, *done, batch=True)
+    return await _answer(pipeline, partner, await pipeline.receive(partner, body))
+
+
+async def _answer(
+    pipeline: InboundPipeline, partner: str, *done: Inbound, batch: bool = False
+) -> web.Response:
+    """The pipeline's receipt step, as an HTTP response."""
+    reply = await pipeline.answer(partner, list(done), batch=batch)
+    if reply.content_type == "text/plain":
+        return web.Response(status=reply.status, headers=reply.headers, text=reply.body.decode())
+    return web.Response(
+        status=reply.status,
+        headers=reply.headers,
+        body=reply.body,
+        content_type=reply.content_type,
+    )
 
 
 async def answer_and_close(request: web.Request, response: web.Response) -> web.Response:

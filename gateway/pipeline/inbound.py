@@ -1,19 +1,25 @@
-"""The partner API: receive signed envelopes, answer with signed receipts.
+"""Inbound: a signed envelope from an authenticated partner → the back office, and a signed receipt.
 
-``POST /v1/messages`` with one signed envelope (``application/xml``). The steps,
-in order (any refusal ends them with a signed rejection receipt and an audit
-entry; nothing is published):
+The steps, in order (``InboundPipeline.steps``), each a function over one ``Inbound``
+context; any refusal ends them with a rejection entry in the receipt and an audit entry,
+and nothing is published:
 
-1. safe parse (size, depth, no DTD/entities) — ``SIZE_LIMIT``, ``XML_UNSAFE``
-2. signature against the authenticated partner's pinned signing certificates — ``SIG_*``
-3. envelope schema and header — ``SCHEMA_INVALID``; sender = TLS identity — ``AUTH_SENDER_MISMATCH``
-4. freshness — ``SIG_STALE``; duplicate claim on (sender, message id)
-5. payload decode (exchange adapter), agreement policy — ``POLICY_*``, ``TRANSLATE_*``
-6. translation into the back office's format, publish with confirms
-7. audit (durable), then the signed ``accepted`` receipt
+1. ``admit``: the partner's refusal allowance has room (else 429, before any work).
+2. ``parse``: safe parse (size, depth, no DTD/entities) — ``SIZE_LIMIT``, ``XML_UNSAFE``.
+3. ``verify``: signature against the partner's pinned signing certificates — ``SIG_*``;
+   envelope schema and header — ``SCHEMA_INVALID``; sender = TLS identity —
+   ``AUTH_SENDER_MISMATCH``; freshness — ``SIG_STALE``.
+4. ``claim``: the (sender, message id) claim: a duplicate gets the original receipt id,
+   an id in flight elsewhere a 503.
+5. ``decide``: payload decode (exchange adapter) and agreement policy — ``POLICY_*``,
+   ``TRANSLATE_*``; the decision is audited.
+6. ``translate``: into the back office's format, written anew from what the policy saw.
+7. ``publish``: with confirms; the request is remembered, the evidence kept.
 
-If the broker cannot confirm, the answer is 503 with Retry-After and the claim is
-released: the sender keeps the message and tries again.
+Then ``receipt`` (``InboundPipeline.answer``) signs one receipt list for the request's
+envelopes, keeps it, writes their audit entries and only then answers. If the broker
+cannot confirm, the answer is 503 with Retry-After and the claim is released: the
+sender keeps the message and tries again.
 """
 
 from __future__ import annotations
@@ -23,14 +29,17 @@ import dataclasses
 import hashlib
 import time
 from collections import Counter
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import structlog
-from aiohttp import web
+from lxml import etree
 
 import adapters
+from adapters.base import Adapter, Document
 from gateway.audit.chain import AuditEvent
+from gateway.config.agreement import Agreement
 from gateway.contract import REPLY_TYPES, AmqpHeader
 from gateway.errors import (
     AdapterError,
@@ -54,8 +63,8 @@ from gateway.xml.envelope import (
     FUTURE_SKEW_SECONDS,
     Envelope,
     ReceiptEntry,
-    _peek_created,
-    _peek_message_id,
+    peek_created,
+    peek_message_id,
 )
 
 log = structlog.get_logger(__name__)
@@ -72,350 +81,443 @@ RETRY_AFTER_SECONDS = 5.0
 AUDIT_OVER_ALLOWANCE_EVERY = 60.0
 
 
+#: what a step may raise to refuse the envelope (a rejection entry in the receipt)
+REFUSALS = (EnvelopeError, SignatureError, AuthError, PolicyViolation, AdapterError)
+
+
+@dataclass(slots=True)
+class Inbound:
+    """One envelope from an authenticated partner, as the steps fill it in.
+
+    When a step decides what the partner is answered for it, it sets ``status`` (and
+    ``entry``, the receipt entry, for a final answer; none means "try again later").
+    Audit entries are added by the step that decides (``audit``) and written together
+    with the receipt's, before the answer.
+    """
+
+    rt: Runtime
+    partner: str
+    body: bytes
+    digest: str = ""
+    message_id: str = "-"
+    root: etree._Element | None = None
+    evidence: bytes = b""
+    verified: signing.Verified | None = None
+    env: Envelope | None = None
+    #: the claim on (sender, message id) is ours: released if the steps fail
+    claimed: bool = False
+    possible_duplicate: bool = False
+    agreement: Agreement | None = None
+    document: Document | None = None
+    target: Adapter | None = None
+    translated: bytes = b""
+    #: the answer: an HTTP status, the receipt entry (None: try again later), Retry-After
+    status: int | None = None
+    entry: ReceiptEntry | None = None
+    retry_after: float | None = None
+    #: published: the claim is marked published once the receipt is kept
+    published: bool = False
+    entries: list[AuditEvent] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.digest:
+            self.digest = "sha256:" + hashlib.sha256(self.body).hexdigest()
+
+    def answer(
+        self, status: int, entry: ReceiptEntry | None, retry_after: float | None = None
+    ) -> None:
+        self.status, self.entry, self.retry_after = status, entry, retry_after
+
+    def later(self, status: int = 503, retry_after: float = RETRY_AFTER_SECONDS) -> None:
+        """Answer "try again later" (no receipt entry)."""
+        self.answer(status, None, retry_after)
+
+    def audit(
+        self, event: str, outcome: str, code: str | None, reason: str | None, **details: str
+    ) -> AuditEvent:
+        """Note an audit entry about this envelope (written with the receipt's)."""
+        head = self.head
+        entry = AuditEvent(
+            event=event,
+            direction="inbound",
+            partner=head.sender,
+            agreement=head.agreement,
+            message_type=head.message_type,
+            message_id=head.message_id,
+            correlation_id=head.correlation_id,
+            envelope_digest=hexdigest(self.digest),
+            outcome=outcome,
+            code=code,
+            reason=reason,
+            details=details,
+        )
+        self.entries.append(entry)
+        return entry
+
+    @property
+    def head(self) -> envelope.Header:
+        assert self.env is not None, "the verify step comes first"
+        return self.env.header
+
+
 @dataclass(frozen=True, slots=True)
-class Outcome:
-    """What the partner is answered: an HTTP status, a receipt entry, maybe Retry-After."""
+class Reply:
+    """What the partner is answered: status, headers and the signed receipt list (if any)."""
 
     status: int
-    entry: ReceiptEntry | None
-    retry_after: float | None = None
-    #: audit entries written together with the receipt's own, before the answer
-    events: tuple[AuditEvent, ...] = ()
-    sender: str | None = None
+    headers: dict[str, str]
+    body: bytes = b"try again later\n"
+    content_type: str = "text/plain"
+
+
+Step = Callable[[Inbound], Awaitable[None]]
+
+
+async def parse(ctx: Inbound) -> None:
+    """Safe parse within the limits; the evidence form and its digest, computed once."""
+    limits = ctx.rt.settings.partner_api
+    root = ctx.root = xmlsafe.parse(
+        ctx.body, max_bytes=limits.max_body_bytes, max_depth=limits.max_depth
+    )
+    # the receipt quotes the evidence's digest and the audit log stores it
+    ctx.evidence = signing.document_c14n(root)
+    ctx.digest = "sha256:" + hashlib.sha256(ctx.evidence).hexdigest()
+    ctx.message_id = peek_message_id(root) or "-"
+
+
+async def verify(ctx: Inbound) -> None:
+    """The signature, the envelope's schema and header: sender, receiver, freshness."""
+    rt, root = ctx.rt, ctx.root
+    assert root is not None
+    # the signing certificate must be valid at the signing time (the envelope's Created,
+    # once it lies in the replay window; else now)
+    ctx.verified = signing.verify(
+        root, rt.trust.signing_certs(ctx.partner), at=peek_created(root), evidence=ctx.evidence
+    )
+    ctx.env = envelope.parse_envelope(ctx.verified.root)
+    head = ctx.head
+    ctx.message_id = head.message_id
+    structlog.contextvars.bind_contextvars(message_id=head.message_id, agreement=head.agreement)
+    if head.sender != ctx.partner:
+        raise AuthError(
+            f"envelope sender {head.sender} is not the authenticated partner {ctx.partner}",
+            code="AUTH_SENDER_MISMATCH",
+        )
+    if head.receiver != rt.gateway_id:
+        raise EnvelopeError(
+            f"envelope is addressed to {head.receiver}, not to {rt.gateway_id}",
+            code="ENVELOPE_WRONG_RECEIVER",
+        )
+    now = datetime.now(UTC)
+    if head.created < now - timedelta(seconds=DUPLICATE_RETENTION_SECONDS):
+        raise SignatureError("envelope is older than the replay window", code="SIG_STALE")
+    if head.created > now + timedelta(seconds=FUTURE_SKEW_SECONDS):
+        raise SignatureError("envelope is created in the future", code="SIG_STALE")
+
+
+async def claim(ctx: Inbound) -> None:
+    """Claim (sender, message id): new, a duplicate (the original receipt), or in flight."""
+    head = ctx.head
+    found = await ctx.rt.store.claim(ctx.partner, head.message_id, ctx.digest, stale_after=60.0)
+    if found.outcome != "claimed" and found.digest != ctx.digest:
+        raise EnvelopeError(
+            f"message id {head.message_id} was already used for a different envelope "
+            f"({found.digest})",
+            code="ENVELOPE_ID_REUSED",
+        )
+    if found.outcome == "published":
+        ctx.audit("duplicate", "ok", "DUPLICATE", "already received and published")
+        ctx.answer(
+            200,
+            ReceiptEntry(
+                head.message_id,
+                ctx.digest,
+                "duplicate",
+                code="DUPLICATE",
+                reason="this message id was received before",
+                original_receipt=found.receipt_id,
+            ),
+        )
+        log.info("message_duplicate", partner=ctx.partner)
+    elif found.outcome == "in_flight":
+        # another request (or a process that died, until its claim is taken over) is
+        # publishing this id right now
+        log.warning(
+            "claim_in_flight",
+            partner=ctx.partner,
+            hint="answered 503; the sender tries again later",
+        )
+        ctx.later()
+    else:
+        ctx.claimed, ctx.possible_duplicate = True, found.possible_duplicate
+
+
+async def decide(ctx: Inbound) -> None:
+    """Decode the payload and evaluate the agreement policy; the decision is audited."""
+    rt, head = ctx.rt, ctx.head
+    assert ctx.env is not None
+    ctx.agreement = find_agreement(
+        rt.settings.agreements, head.agreement, head.sender, head.receiver, head.message_type
+    )
+    exchange = adapters.get(head.payload_format)
+    document = exchange.decode(ctx.env.payload, message_type=head.message_type)
+    answers = None
+    if head.message_type in REPLY_TYPES:
+        answers = bool(head.correlation_id) and await rt.store.knows_request(
+            head.agreement, rt.gateway_id, head.correlation_id or ""
+        )
+    request = PolicyRequest(
+        direction="inbound",
+        sender=head.sender,
+        receiver=head.receiver,
+        message_type=head.message_type,
+        categories=exchange.categories(document),
+        declared_categories=frozenset(head.categories),
+        size=len(ctx.env.payload),
+        payload_format=head.payload_format,
+        at=datetime.now(UTC),
+        purpose=_str(document.body.get("purpose")),
+        legal_basis=_str(document.body.get("legalBasis")),
+        answers_known_request=answers,
+    )
+    decision = evaluate(ctx.agreement, request)
+    if decision.allowed and ctx.agreement is not None:
+        # only a message the agreement allows takes a token: refusals cost no allowance
+        wait = rt.limiter.check(ctx.agreement, ctx.partner, rt.gateway_id, time.monotonic())
+        if wait > 0:
+            decision = evaluate(
+                ctx.agreement, dataclasses.replace(request, rate_ok=False, retry_after=wait)
+            )
+    ctx.audit(
+        "policy_decision",
+        "allow" if decision.allowed else "deny",
+        decision.code,
+        decision.reason,
+        rule=decision.rule,
+    )
+    if decision.allowed:
+        ctx.document = document
+        return
+    await rt.record(*ctx.entries)  # a refusal is audited now, whatever the answer
+    ctx.entries.clear()
+    if decision.code == "POLICY_RATE":
+        await rt.store.release(ctx.partner, head.message_id)
+        ctx.claimed = False
+        ctx.later(429, max(1.0, decision.retry_after or 1.0))
+        return
+    raise PolicyViolation(decision.reason, code=decision.code)
+
+
+async def translate(ctx: Inbound) -> None:
+    """The back office's format, written anew from what the policy saw.
+
+    Also into the exchange format: the partner's own bytes could be read differently by
+    the back office (a comment inside a text, duplicate JSON keys, another encoding).
+    """
+    assert ctx.document is not None
+    ctx.target = adapters.get(ctx.rt.settings.back_office.inbound_format)
+    ctx.translated = ctx.target.encode(ctx.document)
+
+
+async def publish(ctx: Inbound) -> None:
+    """Publish with confirms; then remember the request and keep the envelope's evidence."""
+    rt, head, target, verified = ctx.rt, ctx.head, ctx.target, ctx.verified
+    assert target is not None and verified is not None
+    try:
+        await rt.relay.publish(
+            rt.relay.names.inbound,
+            f"{ctx.partner}.{head.message_type}",
+            ctx.translated,
+            message_id=head.message_id,
+            message_type=head.message_type,
+            correlation_id=head.correlation_id,
+            content_type=target.media_type,
+            headers={
+                AmqpHeader.AGREEMENT: head.agreement,
+                AmqpHeader.FORMAT: target.name,
+                AmqpHeader.SENDER: ctx.partner,
+                AmqpHeader.ENVELOPE_DIGEST: ctx.digest,
+                # an earlier publish of this id may have reached the broker unconfirmed
+                **({AmqpHeader.POSSIBLE_DUPLICATE: "true"} if ctx.possible_duplicate else {}),
+            },
+        )
+    except RelayError as exc:
+        log.warning("relay_unavailable", code=exc.code, reason=exc.reason)
+        ctx.claimed = False
+        await rt.store.release(
+            ctx.partner, head.message_id, uncertain=exc.code == "RELAY_UNCONFIRMED"
+        )
+        ctx.later()
+        return
+    try:
+        if head.message_type == "maa.request":
+            await rt.store.remember_request(head.agreement, ctx.partner, head.message_id)
+        retention = ctx.agreement.retention_days if ctx.agreement else 3650
+        await rt.audit.store_evidence(
+            hexdigest(verified.digest), "envelope", verified.evidence, retention
+        )
+    except BaseException:
+        # published already: the sender's retry must be published marked as a possible
+        # duplicate
+        ctx.claimed = False
+        with contextlib.suppress(GatewayError):
+            await rt.store.release(ctx.partner, head.message_id, uncertain=True)
+        raise
+    ctx.audit("published", "ok", None, None, format=target.name)
+    ctx.published = True
+    ctx.answer(200, ReceiptEntry(head.message_id, ctx.digest, "accepted"))
+    log.info("message_published", partner=ctx.partner, type=head.message_type)
 
 
 class InboundPipeline:
-    """Runs the inbound steps for one envelope from an authenticated partner."""
+    """Runs the inbound steps for each envelope from an authenticated partner."""
 
     def __init__(self, runtime: Runtime) -> None:
         self.rt = runtime
+        self.steps: tuple[Step, ...] = (
+            self.admit,
+            parse,
+            verify,
+            claim,
+            decide,
+            translate,
+            publish,
+        )
         #: partner -> when its refusal allowance was last found used up (and audited)
         self._over_allowance: dict[str, float] = {}
 
-    async def receive(self, partner: str, body: bytes) -> Outcome:
-        """Process one envelope if the partner's refusal allowance has room, else a 429."""
-        waiting = self.over_allowance(partner)
-        return waiting if waiting is not None else await self.process(partner, body)
+    async def receive(self, partner: str, body: bytes) -> Inbound:
+        """Run the steps over one envelope; never raises for bad input."""
+        ctx = Inbound(self.rt, partner, body)
+        try:
+            for step in self.steps:
+                await step(ctx)
+                if ctx.status is not None:
+                    break
+        except REFUSALS as exc:
+            await self._release(ctx)
+            self.refuse(ctx, exc)
+        except GatewayError as exc:
+            await self._release(ctx)
+            # the gateway's own state (store, audit, broker) failed: the sender retries. A
+            # store failure is logged once per episode by the store's health (error level)
+            (log.warning if isinstance(exc, RelayError) else log.debug)(
+                "inbound_unavailable", code=exc.code, reason=exc.reason
+            )
+            ctx.later()
+        except BaseException:
+            await self._release(ctx)
+            raise
+        return ctx
 
-    def over_allowance(self, partner: str) -> Outcome | None:
-        """A 429 while ``partner`` has used up its allowance of refused messages, else None.
+    async def admit(self, ctx: Inbound) -> None:
+        """A 429 while the partner has used up its allowance of refused messages.
 
-        Checked before an envelope costs any work. A 429 is logged (warning) and audited
-        (``POLICY_RATE_REFUSALS``) at most once a minute per partner, the others only
-        logged at debug: a partner spraying junk cannot flood the audit log either.
+        Checked before an envelope costs any work (see ``over_allowance``).
         """
-        rt = self.rt
+        self._admit(ctx)
+
+    def over_allowance(self, partner: str) -> Inbound | None:
+        """The ``admit`` step alone, before a request's body is read: the 429, or None."""
+        ctx = Inbound(self.rt, partner, b"", digest=EMPTY_DIGEST)
+        self._admit(ctx)
+        return ctx if ctx.status is not None else None
+
+    def _admit(self, ctx: Inbound) -> None:
+        """A 429 is logged (warning) and audited (``POLICY_RATE_REFUSALS``) at most once a
+        minute per partner, the others only logged at debug: a partner spraying junk cannot
+        flood the audit log either."""
+        rt, partner = self.rt, ctx.partner
         now = time.monotonic()
         wait = rt.limiter.refusal_wait(rt.settings.agreements, partner, rt.gateway_id, now)
         if wait <= 0:
-            return None
-        events: tuple[AuditEvent, ...] = ()
+            return
         last = self._over_allowance.get(partner)
         if last is not None and now - last < AUDIT_OVER_ALLOWANCE_EVERY:
             log.debug("refused_over_allowance", partner=partner, retry_after=wait)
         else:
             self._over_allowance[partner] = now
-            reason = (
-                f"{partner} made this gateway refuse as many messages as its agreements let it "
-                "send; its requests are answered 429 until the allowance refills"
-            )
             log.warning("refusal_allowance_used_up", partner=partner, retry_after=wait)
-            events = (
+            ctx.entries.append(
                 AuditEvent(
                     event="policy_decision",
                     direction="inbound",
                     partner=partner,
                     outcome="deny",
                     code="POLICY_RATE_REFUSALS",
-                    reason=reason,
-                ),
-            )
-        return Outcome(429, None, retry_after=max(1.0, wait), events=events)
-
-    async def process(self, partner: str, body: bytes) -> Outcome:
-        """Process one envelope; never raises for bad input."""
-        raw_digest = "sha256:" + hashlib.sha256(body).hexdigest()
-        message_id = "-"
-        digest = raw_digest
-        env: Envelope | None = None
-        try:
-            root = xmlsafe.parse(
-                body,
-                max_bytes=self.rt.settings.partner_api.max_body_bytes,
-                max_depth=self.rt.settings.partner_api.max_depth,
-            )
-            # the evidence form, computed once: the receipt quotes its digest and the
-            # audit log stores it
-            evidence = signing.document_c14n(root)
-            digest = "sha256:" + hashlib.sha256(evidence).hexdigest()
-            message_id = _peek_message_id(root) or "-"
-            # the signing certificate must be valid at the signing time (the envelope's
-            # Created, once it lies in the replay window; else now)
-            verified = signing.verify(
-                root,
-                self.rt.trust.signing_certs(partner),
-                at=_peek_created(root),
-                evidence=evidence,
-            )
-            env = envelope.parse_envelope(verified.root)
-            message_id = env.header.message_id
-            structlog.contextvars.bind_contextvars(
-                message_id=message_id, agreement=env.header.agreement
-            )
-            self._check_header(partner, env)
-            return await self._accept(partner, env, verified, digest)
-        except (EnvelopeError, SignatureError, AuthError, PolicyViolation, AdapterError) as exc:
-            return await self.refuse(partner, message_id, digest, env, exc)
-        except GatewayError as exc:
-            # the gateway's own state (store, audit, broker) failed: the sender retries. A
-            # store failure is logged once per episode by the store's health (error level)
-            (log.warning if isinstance(exc, RelayError) else log.debug)(
-                "inbound_unavailable", code=exc.code, reason=exc.reason
-            )
-            return Outcome(503, None, retry_after=RETRY_AFTER_SECONDS)
-
-    def _check_header(self, partner: str, env: Envelope) -> None:
-        head = env.header
-        if head.sender != partner:
-            raise AuthError(
-                f"envelope sender {head.sender} is not the authenticated partner {partner}",
-                code="AUTH_SENDER_MISMATCH",
-            )
-        if head.receiver != self.rt.gateway_id:
-            raise EnvelopeError(
-                f"envelope is addressed to {head.receiver}, not to {self.rt.gateway_id}",
-                code="ENVELOPE_WRONG_RECEIVER",
-            )
-        now = datetime.now(UTC)
-        if head.created < now - timedelta(seconds=DUPLICATE_RETENTION_SECONDS):
-            raise SignatureError("envelope is older than the replay window", code="SIG_STALE")
-        if head.created > now + timedelta(seconds=FUTURE_SKEW_SECONDS):
-            raise SignatureError("envelope is created in the future", code="SIG_STALE")
-
-    async def _accept(
-        self, partner: str, env: Envelope, verified: signing.Verified, digest: str
-    ) -> Outcome:
-        rt = self.rt
-        head = env.header
-        claim = await rt.store.claim(partner, head.message_id, digest, stale_after=60.0)
-        if claim.outcome != "claimed" and claim.digest != digest:
-            raise EnvelopeError(
-                f"message id {head.message_id} was already used for a different envelope "
-                f"({claim.digest})",
-                code="ENVELOPE_ID_REUSED",
-            )
-        if claim.outcome == "published":
-            entry = ReceiptEntry(
-                head.message_id,
-                digest,
-                "duplicate",
-                code="DUPLICATE",
-                reason="this message id was received before",
-                original_receipt=claim.receipt_id,
-            )
-            log.info("message_duplicate", partner=partner)
-            return Outcome(
-                200,
-                entry,
-                events=(
-                    self._audit(
-                        env,
-                        digest,
-                        "duplicate",
-                        "ok",
-                        "DUPLICATE",
-                        "already received and published",
-                    ),
-                ),
-            )
-        if claim.outcome == "in_flight":
-            # another request (or a process that died, until its claim goes stale) is
-            # publishing this id right now
-            log.warning(
-                "claim_in_flight",
-                partner=partner,
-                hint="answered 503; the sender tries again later",
-            )
-            return Outcome(503, None, retry_after=RETRY_AFTER_SECONDS)
-        try:
-            return await self._publish(partner, env, verified, digest, claim.possible_duplicate)
-        except BaseException:
-            await rt.store.release(partner, head.message_id)
-            raise
-
-    async def _publish(
-        self,
-        partner: str,
-        env: Envelope,
-        verified: signing.Verified,
-        digest: str,
-        possible_duplicate: bool = False,
-    ) -> Outcome:
-        rt = self.rt
-        head = env.header
-        agreement = find_agreement(
-            rt.settings.agreements, head.agreement, head.sender, head.receiver, head.message_type
-        )
-        exchange = adapters.get(head.payload_format)
-        document = exchange.decode(env.payload, message_type=head.message_type)
-        answers = None
-        if head.message_type in REPLY_TYPES:
-            answers = bool(head.correlation_id) and await rt.store.knows_request(
-                head.agreement, rt.gateway_id, head.correlation_id or ""
-            )
-        request = PolicyRequest(
-            direction="inbound",
-            sender=head.sender,
-            receiver=head.receiver,
-            message_type=head.message_type,
-            categories=exchange.categories(document),
-            declared_categories=frozenset(head.categories),
-            size=len(env.payload),
-            payload_format=head.payload_format,
-            at=datetime.now(UTC),
-            purpose=_str(document.body.get("purpose")),
-            legal_basis=_str(document.body.get("legalBasis")),
-            answers_known_request=answers,
-        )
-        decision = evaluate(agreement, request)
-        if decision.allowed and agreement is not None:
-            # only a message the agreement allows takes a token: refusals cost no allowance
-            wait = rt.limiter.check(agreement, partner, rt.gateway_id, time.monotonic())
-            if wait > 0:
-                decision = evaluate(
-                    agreement, dataclasses.replace(request, rate_ok=False, retry_after=wait)
+                    reason=f"{partner} made this gateway refuse as many messages as its "
+                    "agreements let it send; its requests are answered 429 until the "
+                    "allowance refills",
                 )
-        decided = self._audit(
-            env,
-            digest,
-            "policy_decision",
-            "allow" if decision.allowed else "deny",
-            decision.code,
-            decision.reason,
-            rule=decision.rule,
-        )
-        if not decision.allowed:
-            await rt.record(decided)
-            if decision.code == "POLICY_RATE":
-                await rt.store.release(partner, head.message_id)
-                return Outcome(429, None, retry_after=max(1.0, decision.retry_after or 1.0))
-            raise PolicyViolation(decision.reason, code=decision.code)
-        target = adapters.get(rt.settings.back_office.inbound_format)
-        # always written anew from what the policy saw, also into the exchange format: the
-        # partner's own bytes could be read differently by the back office (a comment
-        # inside a text, duplicate JSON keys, another encoding)
-        translated = target.encode(document)
-        try:
-            await rt.relay.publish(
-                rt.relay.names.inbound,
-                f"{partner}.{head.message_type}",
-                translated,
-                message_id=head.message_id,
-                message_type=head.message_type,
-                correlation_id=head.correlation_id,
-                content_type=target.media_type,
-                headers={
-                    AmqpHeader.AGREEMENT: head.agreement,
-                    AmqpHeader.FORMAT: target.name,
-                    AmqpHeader.SENDER: partner,
-                    AmqpHeader.ENVELOPE_DIGEST: digest,
-                    # an earlier publish of this id may have reached the broker unconfirmed
-                    **({AmqpHeader.POSSIBLE_DUPLICATE: "true"} if possible_duplicate else {}),
-                },
             )
-        except RelayError as exc:
-            log.warning("relay_unavailable", code=exc.code, reason=exc.reason)
-            await rt.store.release(
-                partner, head.message_id, uncertain=exc.code == "RELAY_UNCONFIRMED"
-            )
-            return Outcome(503, None, retry_after=RETRY_AFTER_SECONDS)
-        try:
-            if head.message_type == "maa.request":
-                await rt.store.remember_request(head.agreement, partner, head.message_id)
-            retention = agreement.retention_days if agreement else 3650
-            await rt.audit.store_evidence(
-                hexdigest(verified.digest), "envelope", verified.evidence, retention
-            )
-        except BaseException:
-            # published already: the sender's retry must be published marked as a possible
-            # duplicate (the release without the mark in _accept then finds nothing to do)
-            with contextlib.suppress(GatewayError):
-                await rt.store.release(partner, head.message_id, uncertain=True)
-            raise
-        entry = ReceiptEntry(head.message_id, digest, "accepted")
-        log.info("message_published", partner=partner, type=head.message_type)
-        return Outcome(
-            200,
-            entry,
-            events=(
-                decided,
-                self._audit(env, digest, "published", "ok", None, None, format=target.name),
-            ),
-            sender=partner,
-        )
+        ctx.later(429, max(1.0, wait))
 
-    async def refuse(
-        self, partner: str, message_id: str, digest: str, env: Envelope | None, exc: GatewayError
-    ) -> Outcome:
-        head = env.header if env else None
-        rejected = AuditEvent(
-            event="rejected",
-            direction="inbound",
-            partner=partner,
-            agreement=head.agreement if head else None,
-            message_type=head.message_type if head else None,
-            message_id=message_id if message_id != "-" else None,
-            correlation_id=head.correlation_id if head else None,
-            envelope_digest=hexdigest(digest),
-            outcome="refused",
-            code=exc.code,
-            reason=exc.reason,
+    def refuse(self, ctx: Inbound, exc: GatewayError) -> Inbound:
+        """Refuse the envelope: a rejection entry in the receipt, an audit entry, a log line."""
+        head = ctx.env.header if ctx.env else None
+        ctx.entries.append(
+            AuditEvent(
+                event="rejected",
+                direction="inbound",
+                partner=ctx.partner,
+                agreement=head.agreement if head else None,
+                message_type=head.message_type if head else None,
+                message_id=ctx.message_id if ctx.message_id != "-" else None,
+                correlation_id=head.correlation_id if head else None,
+                envelope_digest=hexdigest(ctx.digest),
+                outcome="refused",
+                code=exc.code,
+                reason=exc.reason,
+            )
         )
-        log.warning("message_rejected", partner=partner, code=exc.code, reason=exc.reason)
+        log.warning("message_rejected", partner=ctx.partner, code=exc.code, reason=exc.reason)
         # a refusal costs the partner's refusal allowance (RateLimiter.refused)
         self.rt.limiter.refused(
-            self.rt.settings.agreements, partner, self.rt.gateway_id, time.monotonic()
+            self.rt.settings.agreements, ctx.partner, self.rt.gateway_id, time.monotonic()
         )
-        entry = ReceiptEntry(message_id, digest, "rejected", code=exc.code, reason=exc.reason)
-        return Outcome(http_status(exc.code), entry, events=(rejected,))
+        ctx.answer(
+            http_status(exc.code),
+            ReceiptEntry(ctx.message_id, ctx.digest, "rejected", code=exc.code, reason=exc.reason),
+        )
+        return ctx
 
-    async def answer(self, partner: str, outcome: Outcome) -> web.Response:
-        """Answer one envelope (see ``answer_many``)."""
-        return await self.answer_many(partner, [outcome], batch=False)
+    def refuse_request(self, partner: str, exc: GatewayError) -> Inbound:
+        """Refuse a whole request before any envelope was read (its form, its size)."""
+        return self.refuse(Inbound(self.rt, partner, b"", digest=EMPTY_DIGEST), exc)
 
-    async def answer_many(
-        self, partner: str, outcomes: list[Outcome], *, batch: bool = True
-    ) -> web.Response:
-        """Answer (see ``_answer_many``); 503 when the audit log or the state store fails.
+    async def _release(self, ctx: Inbound) -> None:
+        """Give up the claim the steps took (the sender will send the envelope again)."""
+        if ctx.claimed:
+            ctx.claimed = False
+            try:
+                await self.rt.store.release(ctx.partner, ctx.message_id)
+            except GatewayError as exc:  # the store fails: its health has logged it
+                log.debug("claim_not_released", code=exc.code, reason=exc.reason)
+
+    async def answer(self, partner: str, done: list[Inbound], *, batch: bool = False) -> Reply:
+        """The ``receipt`` step: answer a request (see ``_answer``); 503 when the stores fail.
 
         No receipt without its audit entries: the sender tries again later. What was
         published already is then published again, marked as a possible duplicate.
         """
         try:
-            return await self._answer_many(partner, outcomes, batch=batch)
+            return await self._answer(partner, done, batch=batch)
         except (StoreError, AuditError) as exc:
             log.debug("inbound_unavailable", code=exc.code, reason=exc.reason)
-            for outcome in outcomes:
-                entry = outcome.entry
-                if outcome.sender is not None and entry is not None:
+            for ctx in done:
+                if ctx.published and ctx.entry is not None:
                     with contextlib.suppress(GatewayError):
                         await self.rt.store.release(
-                            outcome.sender, entry.message_id, uncertain=True
+                            ctx.partner, ctx.entry.message_id, uncertain=True
                         )
-            return web.Response(
-                status=503,
-                headers={"Retry-After": str(int(RETRY_AFTER_SECONDS))},
-                text="try again later\n",
-            )
+            return Reply(503, {"Retry-After": str(int(RETRY_AFTER_SECONDS))})
 
-    async def _answer_many(
-        self, partner: str, outcomes: list[Outcome], *, batch: bool = True
-    ) -> web.Response:
-        """Sign one receipt list for every final outcome, keep it, audit, answer.
+    async def _answer(self, partner: str, done: list[Inbound], *, batch: bool) -> Reply:
+        """Sign one receipt list for every final answer, keep it, audit, answer.
 
-        Outcomes without an entry (503, 429: try again later) are left out of the
-        list, so the sender retries exactly those. A batch is answered 200 when the
-        list has at least one entry; otherwise with the first outcome's status.
+        Envelopes without an entry (503, 429: try again later) are left out of the list,
+        so the sender retries exactly those. A batch is answered 200 when the list has at
+        least one entry; otherwise with the first envelope's status.
 
         In a batch, the refused envelopes are audited together, as one ``rejected``
         entry (code ``BATCH_REFUSED``) that names the receipt list and lists each one's
@@ -423,35 +525,33 @@ class InboundPipeline:
         a batch of junk costs one entry, not two per part.
         """
         rt = self.rt
-        final = [o for o in outcomes if o.entry is not None]
-        later = [o for o in outcomes if o.entry is None]
-        headers = {}
-        retry_after = max((o.retry_after or 0.0 for o in later), default=0.0)
+        final = [c for c in done if c.entry is not None]
+        later = [c for c in done if c.entry is None]
+        headers: dict[str, str] = {}
+        retry_after = max((c.retry_after or 0.0 for c in later), default=0.0)
         if later and retry_after:
             headers["Retry-After"] = str(int(retry_after + 0.999))
         if not final:
-            waiting = [e for o in outcomes for e in o.events]
+            waiting = [e for c in done for e in c.entries]
             if waiting:
                 await rt.record(*waiting)
-            return web.Response(
-                status=outcomes[0].status, headers=headers, text="try again later\n"
-            )
+            return Reply(done[0].status or 503, headers)
         receipt_id = envelope.new_id()
-        entries = [o.entry for o in final if o.entry is not None]
+        entries = [c.entry for c in final if c.entry is not None]
         receipt = envelope.build_receipt(rt.gateway_id, partner, entries, receipt_id=receipt_id)
         signed = rt.signer.sign(receipt)
         evidence, receipt_digest = canonical(receipt)
         await rt.audit.store_evidence(receipt_digest, "receipt", evidence, 3650)
-        events: list[AuditEvent] = [e for o in later for e in o.events]
+        events: list[AuditEvent] = [e for c in later for e in c.entries]
         refused: list[ReceiptEntry] = []
-        for outcome in final:
-            entry = outcome.entry
+        for ctx in final:
+            entry = ctx.entry
             assert entry is not None
             if batch and entry.status == "rejected":
                 refused.append(entry)
                 continue
-            first = outcome.events[0] if outcome.events else None
-            events += outcome.events
+            first = ctx.entries[0] if ctx.entries else None
+            events += ctx.entries
             events.append(
                 AuditEvent(
                     event="receipt",
@@ -470,43 +570,17 @@ class InboundPipeline:
                 )
             )
         if refused:
-            events.append(
-                _batch_refusals(partner, refused, receipt_id, receipt_digest, len(outcomes))
-            )
+            events.append(_batch_refusals(partner, refused, receipt_id, receipt_digest, len(done)))
         await rt.record(*events)
-        for outcome in final:
-            entry = outcome.entry
-            if outcome.sender is not None and entry is not None and entry.status == "accepted":
-                await rt.store.mark_published(outcome.sender, entry.message_id, receipt_id)
-        status = 200 if batch else final[0].status
-        return web.Response(
-            status=status, body=signed, content_type="application/xml", headers=headers
-        )
-
-    def _audit(
-        self,
-        env: Envelope,
-        digest: str,
-        event: str,
-        outcome: str,
-        code: str | None,
-        reason: str | None,
-        **details: str,
-    ) -> AuditEvent:
-        head = env.header
-        return AuditEvent(
-            event=event,
-            direction="inbound",
-            partner=head.sender,
-            agreement=head.agreement,
-            message_type=head.message_type,
-            message_id=head.message_id,
-            correlation_id=head.correlation_id,
-            envelope_digest=hexdigest(digest),
-            outcome=outcome,
-            code=code,
-            reason=reason,
-            details=details,
+        for ctx in final:
+            entry = ctx.entry
+            if ctx.published and entry is not None and entry.status == "accepted":
+                await rt.store.mark_published(ctx.partner, entry.message_id, receipt_id)
+        return Reply(
+            200 if batch else final[0].status or 200,
+            headers,
+            body=signed,
+            content_type="application/xml",
         )
 
 

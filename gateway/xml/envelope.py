@@ -24,7 +24,6 @@ from lxml import etree
 from gateway.errors import (
     EnvelopeError,
 )
-from gateway.xml import envelope
 
 #: how long (sender, message id) is remembered; envelopes older than this are SIG_STALE
 DUPLICATE_RETENTION_SECONDS = 7 * 24 * 3600
@@ -293,13 +292,13 @@ def _opt(parent: etree._Element, name: str) -> str | None:
     return _text(parent, name) if parent.find(f"{_E}{name}") is not None else None
 
 
-def _peek_created(root: etree._Element) -> datetime | None:
+def peek_created(root: etree._Element) -> datetime | None:
     """The envelope's creation time if it is readable and inside the replay window."""
-    el = root.find(f"{{{envelope.NS}}}Header/{{{envelope.NS}}}Created")
+    el = root.find(f"{_E}Header/{_E}Created")
     if el is None:
         return None
     try:
-        created = envelope.parse_time("".join(el.itertext()).strip())
+        created = parse_time("".join(el.itertext()).strip())
     except ValueError:
         return None
     now = datetime.now(UTC)
@@ -308,9 +307,9 @@ def _peek_created(root: etree._Element) -> datetime | None:
     return created if earliest <= created <= latest else None
 
 
-def _peek_message_id(root: etree._Element) -> str | None:
+def peek_message_id(root: etree._Element) -> str | None:
     """The message id as written, for the rejection receipt of an unverifiable envelope."""
-    el = root.find(f"{{{envelope.NS}}}Header/{{{envelope.NS}}}MessageId")
+    el = root.find(f"{_E}Header/{_E}MessageId")
     if el is None:
         return None
     text = "".join(el.itertext()).strip()

@@ -16,7 +16,7 @@ from aiohttp.test_utils import make_mocked_request
 from lxml import etree
 
 from gateway.api.partner import read_body
-from gateway.xml.envelope import _peek_message_id
+from gateway.xml.envelope import peek_message_id
 
 LIMIT = 1000
 
@@ -93,11 +93,11 @@ async def test_read_body_within_its_timeout_returns_the_body() -> None:
     ],
     ids=["plain", "comment", "missing", "empty", "too-long", "unprintable"],
 )
-def test_peek_message_id_reads_only_a_plausible_id(xml: bytes, expected: str | None) -> None:
+def testpeek_message_id_reads_only_a_plausible_id(xml: bytes, expected: str | None) -> None:
     """The id quoted in a rejection of an unverified envelope is whole, short and printable."""
     ns = b'xmlns="urn:maagw:envelope:1"'
     root = etree.fromstring(b"<Envelope " + ns + b">" + xml + b"</Envelope>")
-    assert _peek_message_id(root) == expected
+    assert peek_message_id(root) == expected
 
 
 def test_a_batch_body_splits_into_exactly_the_envelopes_sent() -> None:
@@ -141,7 +141,7 @@ def test_the_signing_time_is_the_created_time_inside_the_replay_window(
 ) -> None:
     """Created is used as the signing time only when it lies in the replay window."""
     from gateway.xml import envelope as env
-    from gateway.xml.envelope import _peek_created
+    from gateway.xml.envelope import peek_created
 
     created = env.utcnow() + offset
     header = env.Header(
@@ -154,7 +154,7 @@ def test_the_signing_time_is_the_created_time_inside_the_replay_window(
         payload_format="maa-xml",
     )
     root = env.build_envelope(header, b"<a xmlns='urn:x'/>", "application/xml")
-    peeked = _peek_created(root)
+    peeked = peek_created(root)
     assert (peeked is not None) == inside
     if inside:
         assert peeked is not None and abs((peeked - created).total_seconds()) < 0.01
