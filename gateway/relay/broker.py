@@ -100,6 +100,10 @@ class _Incoming:
         return self._message.body
 
     @property
+    def redelivered(self) -> bool:
+        return bool(self._message.redelivered)
+
+    @property
     def processed(self) -> bool:
         return bool(self._message.processed)
 
@@ -108,6 +112,9 @@ class _Incoming:
 
     async def nack(self, *, requeue: bool = True) -> None:
         await self._message.nack(requeue=requeue)
+
+    async def reject(self) -> None:
+        await self._message.reject(requeue=False)
 
 
 class Relay:
