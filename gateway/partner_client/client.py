@@ -11,6 +11,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 import aiohttp
 import structlog
@@ -48,6 +49,16 @@ class Answer:
     #: the server certificate could not be checked (the partner's CRL is past its
     #: nextUpdate): the answer arrived, but what it says cannot be relied on
     server_problem: AuthError | None = None
+
+
+class PartnerLink(Protocol):
+    """What the outbound pipeline calls of a partner client (this one, or the in-memory fake)."""
+
+    async def post(self, partner_id: str, body: bytes, *, path: str = MESSAGES_PATH) -> Answer: ...
+
+    async def post_batch(self, partner_id: str, envelopes: list[bytes]) -> Answer: ...
+
+    async def close(self) -> None: ...
 
 
 class PartnerClient:

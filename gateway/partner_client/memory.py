@@ -25,7 +25,6 @@ import hashlib
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 
 from cryptography import x509
 from lxml import etree
@@ -33,9 +32,7 @@ from lxml import etree
 from gateway.errors import (
     AuthError,
     DeliveryError,
-    EnvelopeError,
     GatewayError,
-    SignatureError,
     http_status,
 )
 from gateway.partner_client.client import (
@@ -48,11 +45,9 @@ from gateway.xml import envelope
 from gateway.xml import safe as xmlsafe
 from gateway.xml import signature as signing
 from gateway.xml.envelope import (
-    DUPLICATE_RETENTION_SECONDS,
-    FUTURE_SKEW_SECONDS,
     ReceiptEntry,
-    _peek_created,
-    _peek_message_id,
+    peek_created,
+    peek_message_id,
 )
 
 # --- what the partner does with one envelope ------------------------------------------------
@@ -204,7 +199,7 @@ class MemoryPartner:
         ids: list[str | None] = []
         for env in self.envelopes:
             try:
-                ids.append(_peek_message_id(xmlsafe.parse(env)))
+                ids.append(peek_message_id(xmlsafe.parse(env)))
             except GatewayError:
                 ids.append(None)
         return ids
@@ -283,12 +278,12 @@ class MemoryPartner:
         try:
             root = xmlsafe.parse(body)
             digest = "sha256:" + hashlib.sha256(signing.document_c14n(root)).hexdigest()
-            message_id = _peek_message_id(root) or "-"
+            message_id = peek_message_id(root) or "-"
             if self.sender_certs is not None:
-                root = signing.verify(root, self.sender_certs, at=_peek_created(root)).root
+                root = signing.verify(root, self.sender_certs, at=peek_created(root)).root
             head = envelope.parse_envelope(root).header
             message_id = head.message_id
-            self._check_header(head)
+            envelope.check_header(head, sender=self.client_id, receiver=self.gateway_id)
         except GatewayError as exc:
             return ReceiptEntry(message_id, digest, "rejected", code=exc.code, reason=exc.reason)
         behaviour = self._behaviour(message_id)
@@ -315,27 +310,9 @@ class MemoryPartner:
             digest,
             "duplicate",
             code="DUPLICATE",
-            reason="this message id was received before",
+            reason=envelope.DUPLICATE_REASON,
             original_receipt=seen.receipt_id,
         )
-
-    def _check_header(self, head: envelope.Header) -> None:
-        """Sender, receiver and freshness, as a real partner checks them."""
-        if head.sender != self.client_id:
-            raise AuthError(
-                f"envelope sender {head.sender} is not the authenticated partner {self.client_id}",
-                code="AUTH_SENDER_MISMATCH",
-            )
-        if head.receiver != self.gateway_id:
-            raise EnvelopeError(
-                f"envelope is addressed to {head.receiver}, not to {self.gateway_id}",
-                code="ENVELOPE_WRONG_RECEIVER",
-            )
-        now = datetime.now(UTC)
-        if head.created < now - timedelta(seconds=DUPLICATE_RETENTION_SECONDS):
-            raise SignatureError("envelope is older than the replay window", code="SIG_STALE")
-        if head.created > now + timedelta(seconds=FUTURE_SKEW_SECONDS):
-            raise SignatureError("envelope is created in the future", code="SIG_STALE")
 
     def _behaviour(self, message_id: str) -> MessageBehaviour:
         once = self._once.get(message_id)

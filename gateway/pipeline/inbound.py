@@ -31,7 +31,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import structlog
 from lxml import etree
@@ -59,8 +59,6 @@ from gateway.xml import envelope
 from gateway.xml import safe as xmlsafe
 from gateway.xml import signature as signing
 from gateway.xml.envelope import (
-    DUPLICATE_RETENTION_SECONDS,
-    FUTURE_SKEW_SECONDS,
     Envelope,
     ReceiptEntry,
     peek_created,
@@ -198,21 +196,7 @@ async def verify(ctx: Inbound) -> None:
     head = ctx.head
     ctx.message_id = head.message_id
     structlog.contextvars.bind_contextvars(message_id=head.message_id, agreement=head.agreement)
-    if head.sender != ctx.partner:
-        raise AuthError(
-            f"envelope sender {head.sender} is not the authenticated partner {ctx.partner}",
-            code="AUTH_SENDER_MISMATCH",
-        )
-    if head.receiver != rt.gateway_id:
-        raise EnvelopeError(
-            f"envelope is addressed to {head.receiver}, not to {rt.gateway_id}",
-            code="ENVELOPE_WRONG_RECEIVER",
-        )
-    now = datetime.now(UTC)
-    if head.created < now - timedelta(seconds=DUPLICATE_RETENTION_SECONDS):
-        raise SignatureError("envelope is older than the replay window", code="SIG_STALE")
-    if head.created > now + timedelta(seconds=FUTURE_SKEW_SECONDS):
-        raise SignatureError("envelope is created in the future", code="SIG_STALE")
+    envelope.check_header(head, sender=ctx.partner, receiver=rt.gateway_id)
 
 
 async def claim(ctx: Inbound) -> None:
@@ -234,7 +218,7 @@ async def claim(ctx: Inbound) -> None:
                 ctx.digest,
                 "duplicate",
                 code="DUPLICATE",
-                reason="this message id was received before",
+                reason=envelope.DUPLICATE_REASON,
                 original_receipt=found.receipt_id,
             ),
         )

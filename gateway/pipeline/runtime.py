@@ -13,9 +13,9 @@ from lxml import etree
 from gateway.audit.chain import AuditEvent
 from gateway.audit.log import AuditLog
 from gateway.config.models import Settings
-from gateway.partner_client.client import PartnerClient
+from gateway.partner_client.client import PartnerLink
 from gateway.policy.rate_limit import RateLimiter
-from gateway.relay.broker import Relay
+from gateway.relay.message import RelayPort
 from gateway.state.sqlite import Store
 from gateway.trust.identity import TrustStore
 from gateway.xml.signature import Signer, document_c14n
@@ -46,10 +46,10 @@ class Runtime:
     settings: Settings
     trust: TrustStore
     signer: Signer
-    relay: Relay
+    relay: RelayPort
     store: Store
     audit: AuditLog
-    client: PartnerClient
+    client: PartnerLink
     limiter: RateLimiter = field(default_factory=RateLimiter)
 
     @property

@@ -54,7 +54,7 @@ from gateway.audit.log import AuditLog
 from gateway.ca import inspect
 from gateway.config.models import Settings
 from gateway.errors import AuditError, AuthError, ConfigError, GatewayError, RelayError
-from gateway.partner_client.client import PartnerClient
+from gateway.partner_client.client import PartnerClient, PartnerLink
 from gateway.pipeline.inbound import InboundPipeline
 from gateway.pipeline.outbound import OutboundPipeline
 from gateway.pipeline.runtime import Runtime
@@ -128,7 +128,7 @@ class Gateway:
         self._outbound: OutboundPipeline | None = None
         self._stopping = asyncio.Event()
         self._reload_lock = asyncio.Lock()
-        self._retired_clients: set[PartnerClient] = set()
+        self._retired_clients: set[PartnerLink] = set()
         self._watch: asyncio.Task[None] | None = None
         self._housekeeping: asyncio.Task[None] | None = None
         self._crls = crl.WatchState()
@@ -718,7 +718,7 @@ class Gateway:
         )
         return result
 
-    def _retire(self, client: PartnerClient, grace: float) -> None:
+    def _retire(self, client: PartnerLink, grace: float) -> None:
         """Close a replaced outbound client once its in-flight requests had time to end."""
         self._retired_clients.add(client)
 

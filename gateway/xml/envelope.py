@@ -21,9 +21,7 @@ from typing import Literal
 
 from lxml import etree
 
-from gateway.errors import (
-    EnvelopeError,
-)
+from gateway.errors import AuthError, EnvelopeError, SignatureError
 
 #: how long (sender, message id) is remembered; envelopes older than this are SIG_STALE
 DUPLICATE_RETENTION_SECONDS = 7 * 24 * 3600
@@ -290,6 +288,30 @@ def _text(parent: etree._Element, name: str) -> str:
 
 def _opt(parent: etree._Element, name: str) -> str | None:
     return _text(parent, name) if parent.find(f"{_E}{name}") is not None else None
+
+
+#: the reason a duplicate receipt entry gives
+DUPLICATE_REASON = "this message id was received before"
+
+
+def check_header(head: Header, *, sender: str, receiver: str) -> None:
+    """What a receiver checks of a verified envelope's header: from the partner whose TLS
+    identity sent it (``sender``), to this gateway (``receiver``), inside the replay window."""
+    if head.sender != sender:
+        raise AuthError(
+            f"envelope sender {head.sender} is not the authenticated partner {sender}",
+            code="AUTH_SENDER_MISMATCH",
+        )
+    if head.receiver != receiver:
+        raise EnvelopeError(
+            f"envelope is addressed to {head.receiver}, not to {receiver}",
+            code="ENVELOPE_WRONG_RECEIVER",
+        )
+    now = datetime.now(UTC)
+    if head.created < now - timedelta(seconds=DUPLICATE_RETENTION_SECONDS):
+        raise SignatureError("envelope is older than the replay window", code="SIG_STALE")
+    if head.created > now + timedelta(seconds=FUTURE_SKEW_SECONDS):
+        raise SignatureError("envelope is created in the future", code="SIG_STALE")
 
 
 def peek_created(root: etree._Element) -> datetime | None:
