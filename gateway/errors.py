@@ -727,7 +727,8 @@ def render_markdown() -> str:
         "log.",
         "",
         "Codes are grouped by the exception raised with them; the last group is recorded,",
-        "never raised.",
+        "never raised. A TLS handshake failing for an OpenSSL reason the connection gate",
+        "does not name is counted as `TLS_<REASON>` (e.g. `TLS_BAD_KEY_SHARE`).",
         "",
         "- **HTTP**: the status a partner is answered with; every failure of the gateway's",
         "  own (broker, store, audit, configuration) is answered 503 with Retry-After. An",
@@ -745,7 +746,8 @@ def render_markdown() -> str:
         groups.setdefault(title, []).append(
             f"| `{code}` | " + " | ".join(_cell(c) for c in cells) + " |"
         )
-    for title, rows in groups.items():
+    # the classes in the order of the tree, the records last
+    for title, rows in sorted(groups.items(), key=lambda g: g[0].startswith("Recorded")):
         lines += [f"## {title}", "", "| code | HTTP | retry | receipt | exit | meaning |"]
         lines += ["|---|---|---|---|---|---|", *rows, ""]
     return "\n".join(lines)
