@@ -6,12 +6,13 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: demo test test-unit lint bench services venv certs clean help
+.PHONY: demo test test-unit lint docs bench services venv certs clean help
 
 help:
 	@echo "make demo   two administrations exchange a signed request and reply end to end"
 	@echo "make test   unit and integration tests (real RabbitMQ, PostgreSQL, TLS, openssl, xmlsec1)"
 	@echo "make lint   ruff, mypy --strict and import-linter (the architecture's import rules)"
+	@echo "make docs   regenerate docs/errors.md from the ErrorCode table in gateway/errors.py"
 	@echo "make bench  benchmarks (see bench/README.md)"
 	@echo "make certs  development certificates for the example configuration in config/"
 
@@ -41,6 +42,9 @@ lint: venv
 	$(BIN)/ruff format --check gateway adapters tests bench
 	$(BIN)/mypy
 	$(BIN)/lint-imports
+
+docs: venv
+	$(BIN)/python -m gateway.errors > docs/errors.md
 
 certs: venv
 	@bash deploy/scripts/dev-certs.sh

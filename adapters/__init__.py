@@ -12,7 +12,7 @@ from functools import cache
 from importlib.metadata import entry_points
 
 from adapters.base import Adapter, Attachment, Document
-from gateway.errors import AdapterError
+from gateway.errors import AdapterError, ErrorCode
 
 __all__ = ["Adapter", "Attachment", "Document", "available", "get"]
 
@@ -31,11 +31,11 @@ def get(name: str) -> Adapter:
     if not matches:
         raise AdapterError(
             f"no adapter named {name!r} (installed: {', '.join(available()) or 'none'})",
-            code="TRANSLATE_UNKNOWN_FORMAT",
+            code=ErrorCode.TRANSLATE_UNKNOWN_FORMAT,
         )
     adapter = matches[0].load()()
     if not isinstance(adapter, Adapter):
         raise AdapterError(
-            f"entry point {name!r} is not an adapter", code="TRANSLATE_UNKNOWN_FORMAT"
+            f"entry point {name!r} is not an adapter", code=ErrorCode.TRANSLATE_UNKNOWN_FORMAT
         )
     return adapter

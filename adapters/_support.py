@@ -27,7 +27,7 @@ from lxml import etree
 
 import adapters
 from adapters.base import Attachment, Document
-from gateway.errors import AdapterError, DecodeError, EncodeError
+from gateway.errors import AdapterError, DecodeError, EncodeError, ErrorCode
 
 #: Body keys of the MAA documents and the data category their presence reveals.
 CONTENT_CATEGORIES: Mapping[str, str] = {
@@ -81,14 +81,14 @@ def parse_xml(data: bytes, fmt: str) -> etree._Element:
     except etree.XMLSyntaxError as exc:
         raise DecodeError(
             f"not well-formed XML: {short(exc.msg or str(exc))}",
-            code="TRANSLATE_DECODE",
+            code=ErrorCode.TRANSLATE_DECODE,
             location=f"line {exc.lineno}",
             format=fmt,
         ) from exc
     if root.getroottree().docinfo.doctype:
         raise DecodeError(
             "a DOCTYPE is not allowed (no DTDs, no entities)",
-            code="TRANSLATE_UNSAFE",
+            code=ErrorCode.TRANSLATE_UNSAFE,
             location="line 1",
             format=fmt,
         )
@@ -107,13 +107,13 @@ def lxml_schema_error(
     if encoding:
         return EncodeError(
             f"not valid against the {fmt} schema: {short(message)}",
-            code="TRANSLATE_ENCODE",
+            code=ErrorCode.TRANSLATE_ENCODE,
             location=path,
             format=fmt,
         )
     return DecodeError(
         f"not valid against the {fmt} schema: {short(message)}",
-        code="TRANSLATE_SCHEMA",
+        code=ErrorCode.TRANSLATE_SCHEMA,
         location=f"line {entry.line}",
         format=fmt,
     )
@@ -130,20 +130,23 @@ def load_json(data: bytes, fmt: str) -> Any:
     except json.JSONDecodeError as exc:
         raise DecodeError(
             f"not well-formed JSON: {exc.msg}",
-            code="TRANSLATE_DECODE",
+            code=ErrorCode.TRANSLATE_DECODE,
             location=f"line {exc.lineno} column {exc.colno}",
             format=fmt,
         ) from exc
     except UnicodeDecodeError as exc:
         raise DecodeError(
             f"not UTF-8 text: {exc.reason}",
-            code="TRANSLATE_DECODE",
+            code=ErrorCode.TRANSLATE_DECODE,
             location=f"byte {exc.start}",
             format=fmt,
         ) from exc
     except (ValueError, RecursionError) as exc:
         raise DecodeError(
-            f"unreadable JSON: {short(str(exc))}", code="TRANSLATE_DECODE", location="$", format=fmt
+            f"unreadable JSON: {short(str(exc))}",
+            code=ErrorCode.TRANSLATE_DECODE,
+            location="$",
+            format=fmt,
         ) from exc
 
 
@@ -200,8 +203,8 @@ def json_schema_error(
         location = json_path([*error.instance_path, extra.group(1)])
     reason = f"not valid against the {fmt} schema: {short(error.message)}"
     if encoding:
-        return EncodeError(reason, code="TRANSLATE_ENCODE", location=location, format=fmt)
-    return DecodeError(reason, code="TRANSLATE_SCHEMA", location=location, format=fmt)
+        return EncodeError(reason, code=ErrorCode.TRANSLATE_ENCODE, location=location, format=fmt)
+    return DecodeError(reason, code=ErrorCode.TRANSLATE_SCHEMA, location=location, format=fmt)
 
 
 def check_message_type(found: str, wanted: str | None, fmt: str, location: str) -> None:
@@ -209,7 +212,7 @@ def check_message_type(found: str, wanted: str | None, fmt: str, location: str) 
     if wanted is not None and wanted != found:
         raise DecodeError(
             f"expected a {wanted} document, found {found}",
-            code="TRANSLATE_TYPE",
+            code=ErrorCode.TRANSLATE_TYPE,
             location=location,
             format=fmt,
         )
@@ -238,8 +241,8 @@ def check_semantics(
         return
     location, reason = problem
     if encoding:
-        raise EncodeError(reason, code="TRANSLATE_ENCODE", location=location, format=fmt)
-    raise DecodeError(reason, code="TRANSLATE_SCHEMA", location=location, format=fmt)
+        raise EncodeError(reason, code=ErrorCode.TRANSLATE_ENCODE, location=location, format=fmt)
+    raise DecodeError(reason, code=ErrorCode.TRANSLATE_SCHEMA, location=location, format=fmt)
 
 
 def b64decode(text: str, fmt: str, location: str) -> bytes:
@@ -249,7 +252,7 @@ def b64decode(text: str, fmt: str, location: str) -> bytes:
     except (binascii.Error, ValueError) as exc:
         raise DecodeError(
             f"attachment content is not base64: {exc}",
-            code="TRANSLATE_DECODE",
+            code=ErrorCode.TRANSLATE_DECODE,
             location=location,
             format=fmt,
         ) from exc
@@ -266,7 +269,7 @@ def decode_attachment(attachment: Attachment, fmt: str, location: str) -> Docume
     if attachment.format in NOT_ATTACHABLE:
         raise DecodeError(
             f"a {attachment.format} document cannot be a supporting document",
-            code="TRANSLATE_ATTACHMENT",
+            code=ErrorCode.TRANSLATE_ATTACHMENT,
             location=location,
             format=fmt,
         )
@@ -275,7 +278,7 @@ def decode_attachment(attachment: Attachment, fmt: str, location: str) -> Docume
     except AdapterError as exc:
         raise DecodeError(
             f"supporting document {attachment.filename!r}: {exc.reason}",
-            code="TRANSLATE_ATTACHMENT",
+            code=ErrorCode.TRANSLATE_ATTACHMENT,
             location=location,
             format=fmt,
         ) from exc
@@ -285,7 +288,7 @@ def decode_attachment(attachment: Attachment, fmt: str, location: str) -> Docume
         inner = exc.context.get("location")
         raise DecodeError(
             f"supporting document {attachment.filename!r} ({attachment.format}): {exc.reason}",
-            code="TRANSLATE_ATTACHMENT",
+            code=ErrorCode.TRANSLATE_ATTACHMENT,
             location=f"{location} {inner}" if inner else location,
             format=fmt,
         ) from exc

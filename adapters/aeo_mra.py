@@ -38,7 +38,7 @@ from adapters._support import (
     semantic_problem,
 )
 from adapters.base import Document
-from gateway.errors import AdapterError, DecodeError, EncodeError
+from gateway.errors import AdapterError, DecodeError, EncodeError, ErrorCode
 
 MESSAGE_TYPE = "mra.aeo-status"
 
@@ -82,7 +82,7 @@ def _check(body: dict[str, Any], fmt: str, *, encoding: bool) -> AdapterError | 
     cls = EncodeError if encoding else DecodeError
     return cls(
         reason,
-        code="TRANSLATE_ENCODE" if encoding else "TRANSLATE_SCHEMA",
+        code=ErrorCode.TRANSLATE_ENCODE if encoding else ErrorCode.TRANSLATE_SCHEMA,
         location=location,
         format=fmt,
     )
@@ -145,7 +145,7 @@ class AeoMraCsvAdapter:
                 if row[column] != rows[0][column]:
                     raise DecodeError(
                         f"{column} differs from the first row's ({rows[0][column]!r})",
-                        code="TRANSLATE_SCHEMA",
+                        code=ErrorCode.TRANSLATE_SCHEMA,
                         location=f"line {line} column {column}",
                         format=self.name,
                     )
@@ -174,7 +174,7 @@ class AeoMraCsvAdapter:
         except UnicodeDecodeError as exc:
             raise DecodeError(
                 f"not UTF-8 text: {exc.reason}",
-                code="TRANSLATE_DECODE",
+                code=ErrorCode.TRANSLATE_DECODE,
                 location=f"byte {exc.start}",
                 format=self.name,
             ) from exc
@@ -186,7 +186,7 @@ class AeoMraCsvAdapter:
             if header != list(CSV_COLUMNS):
                 raise DecodeError(
                     f"the header must be {','.join(CSV_COLUMNS)}",
-                    code="TRANSLATE_SCHEMA",
+                    code=ErrorCode.TRANSLATE_SCHEMA,
                     location="line 1",
                     format=self.name,
                 )
@@ -195,7 +195,7 @@ class AeoMraCsvAdapter:
                 if len(record) != len(CSV_COLUMNS):
                     raise DecodeError(
                         f"{len(record)} fields where {len(CSV_COLUMNS)} are expected",
-                        code="TRANSLATE_SCHEMA",
+                        code=ErrorCode.TRANSLATE_SCHEMA,
                         location=f"line {start}",
                         format=self.name,
                     )
@@ -205,7 +205,7 @@ class AeoMraCsvAdapter:
         except csv.Error as exc:
             raise DecodeError(
                 f"not well-formed CSV: {exc}",
-                code="TRANSLATE_DECODE",
+                code=ErrorCode.TRANSLATE_DECODE,
                 location=f"line {reader.line_num}",
                 format=self.name,
             ) from exc
@@ -240,7 +240,7 @@ def _check_type(document: Document, fmt: str) -> None:
     if document.message_type != MESSAGE_TYPE:
         raise EncodeError(
             f"only {MESSAGE_TYPE} documents can be written as {fmt}, not {document.message_type}",
-            code="TRANSLATE_ENCODE",
+            code=ErrorCode.TRANSLATE_ENCODE,
             location="$",
             format=fmt,
         )

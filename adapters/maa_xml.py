@@ -27,7 +27,7 @@ from adapters._support import (
     parse_xml,
 )
 from adapters.base import Attachment, Document
-from gateway.errors import DecodeError, EncodeError
+from gateway.errors import DecodeError, EncodeError, ErrorCode
 
 _NAMESPACES = {"maa": spec.NS}
 _ATTACHMENT_QNAME = spec.ATTACHMENTS.qname
@@ -58,7 +58,7 @@ class MaaXmlAdapter:
         if found is None:
             raise DecodeError(
                 f"{root.tag} is not an MAA document root",
-                code="TRANSLATE_SCHEMA",
+                code=ErrorCode.TRANSLATE_SCHEMA,
                 location=location,
                 format=self.name,
             )
@@ -76,7 +76,7 @@ class MaaXmlAdapter:
         if document.message_type not in spec.ROOTS:
             raise EncodeError(
                 f"{document.message_type!r} is not an MAA message type",
-                code="TRANSLATE_ENCODE",
+                code=ErrorCode.TRANSLATE_ENCODE,
                 location="$",
                 format=self.name,
             )
@@ -88,7 +88,7 @@ class MaaXmlAdapter:
             if document.message_type not in spec.TYPES_WITH_ATTACHMENTS:
                 raise EncodeError(
                     f"a {document.message_type} cannot carry supporting documents",
-                    code="TRANSLATE_ENCODE",
+                    code=ErrorCode.TRANSLATE_ENCODE,
                     location="$.attachments",
                     format=self.name,
                 )
@@ -151,7 +151,7 @@ def _write(
     if not isinstance(obj, dict):
         raise EncodeError(
             f"expected an object, got {type(obj).__name__}",
-            code="TRANSLATE_ENCODE",
+            code=ErrorCode.TRANSLATE_ENCODE,
             location=path,
             format=fmt,
         )
@@ -160,7 +160,7 @@ def _write(
         if key not in by_key:
             raise EncodeError(
                 f"{key!r} has no place in {complex_type.name}",
-                code="TRANSLATE_ENCODE",
+                code=ErrorCode.TRANSLATE_ENCODE,
                 location=f"{path}.{key}",
                 format=fmt,
             )
@@ -172,7 +172,7 @@ def _write(
         if field.many and not isinstance(value, list):
             raise EncodeError(
                 "expected a list",
-                code="TRANSLATE_ENCODE",
+                code=ErrorCode.TRANSLATE_ENCODE,
                 location=f"{path}.{field.key}",
                 format=fmt,
             )
@@ -187,7 +187,7 @@ def _write(
             except (TypeError, ValueError) as exc:
                 raise EncodeError(
                     f"cannot be written as XML text: {exc}",
-                    code="TRANSLATE_ENCODE",
+                    code=ErrorCode.TRANSLATE_ENCODE,
                     location=_where(path, field.key, i),
                     format=fmt,
                 ) from exc

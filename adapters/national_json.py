@@ -30,7 +30,7 @@ from adapters._support import (
     maa_categories,
 )
 from adapters.base import Attachment, Document
-from gateway.errors import DecodeError, EncodeError
+from gateway.errors import DecodeError, EncodeError, ErrorCode
 
 _ENVELOPE_KEYS = ("messageType", "attachments")
 
@@ -72,7 +72,7 @@ class NationalJsonAdapter:
         if not isinstance(obj, dict):
             raise DecodeError(
                 "a national-json document is a JSON object",
-                code="TRANSLATE_SCHEMA",
+                code=ErrorCode.TRANSLATE_SCHEMA,
                 location="$",
                 format=self.name,
             )
@@ -80,7 +80,7 @@ class NationalJsonAdapter:
         if found not in spec.ROOTS:
             raise DecodeError(
                 f"messageType must be one of {', '.join(spec.ROOTS)}, not {found!r}",
-                code="TRANSLATE_SCHEMA",
+                code=ErrorCode.TRANSLATE_SCHEMA,
                 location="$.messageType",
                 format=self.name,
             )
@@ -108,7 +108,7 @@ class NationalJsonAdapter:
         if document.message_type not in spec.ROOTS:
             raise EncodeError(
                 f"{document.message_type!r} is not an MAA message type",
-                code="TRANSLATE_ENCODE",
+                code=ErrorCode.TRANSLATE_ENCODE,
                 location="$",
                 format=self.name,
             )
@@ -116,7 +116,7 @@ class NationalJsonAdapter:
         if clash is not None:
             raise EncodeError(
                 f"{clash!r} is not a body key",
-                code="TRANSLATE_ENCODE",
+                code=ErrorCode.TRANSLATE_ENCODE,
                 location=f"$.{clash}",
                 format=self.name,
             )

@@ -39,7 +39,7 @@ from lxml import etree
 
 from adapters._support import check_message_type, load_json, parse_xml, short
 from adapters.base import Document
-from gateway.errors import DecodeError, EncodeError
+from gateway.errors import DecodeError, EncodeError, ErrorCode
 
 NCTS_NS = "http://ncts.dgtaxud.ec"
 XSI_NS = "http://www.w3.org/2001/XMLSchema-instance"
@@ -120,7 +120,7 @@ def message_code(message_type: str, fmt: str) -> str:
         raise EncodeError(
             f"{message_type!r} is not an NCTS message this gateway translates"
             f" ({', '.join('ncts.' + m for m in MESSAGES)})",
-            code="TRANSLATE_ENCODE",
+            code=ErrorCode.TRANSLATE_ENCODE,
             location="$",
             format=fmt,
         )
@@ -167,7 +167,7 @@ def _jsonable(value: Any, path: str, fmt: str) -> Any:
         if Decimal(repr(number)) != value:
             raise DecodeError(
                 f"the decimal {value} cannot be carried exactly as a JSON number",
-                code="TRANSLATE_SCHEMA",
+                code=ErrorCode.TRANSLATE_SCHEMA,
                 location=path,
                 format=fmt,
             )
@@ -206,7 +206,7 @@ def to_xml_element(body: Any, code: str, fmt: str, *, encoding: bool) -> Element
         cls = EncodeError if encoding else DecodeError
         raise cls(
             f"not valid against the NCTS {code} XSD: {short(str(reason))}",
-            code="TRANSLATE_ENCODE" if encoding else "TRANSLATE_SCHEMA",
+            code=ErrorCode.TRANSLATE_ENCODE if encoding else ErrorCode.TRANSLATE_SCHEMA,
             location=location,
             format=fmt,
         )
@@ -219,8 +219,10 @@ def _check_json(body: Any, code: str, fmt: str, *, encoding: bool) -> None:
         return
     reason = f"not valid against the NCTS {code} JSON Schema: {short(error.message)}"
     if encoding:
-        raise EncodeError(reason, code="TRANSLATE_ENCODE", location=error.json_path, format=fmt)
-    raise DecodeError(reason, code="TRANSLATE_SCHEMA", location=error.json_path, format=fmt)
+        raise EncodeError(
+            reason, code=ErrorCode.TRANSLATE_ENCODE, location=error.json_path, format=fmt
+        )
+    raise DecodeError(reason, code=ErrorCode.TRANSLATE_SCHEMA, location=error.json_path, format=fmt)
 
 
 def categories(document: Document) -> frozenset[str]:
@@ -263,7 +265,7 @@ class NctsXmlAdapter:
             raise DecodeError(
                 f"{root.tag} is not one of the NCTS messages translated here"
                 f" ({', '.join(MESSAGES)})",
-                code="TRANSLATE_SCHEMA",
+                code=ErrorCode.TRANSLATE_SCHEMA,
                 location=location,
                 format=self.name,
             )
@@ -283,7 +285,7 @@ class NctsXmlAdapter:
             line = getattr(first, "sourceline", None) or root.sourceline
             raise DecodeError(
                 f"not valid against the NCTS {code} XSD: {short(str(first.reason))} ({first.path})",
-                code="TRANSLATE_SCHEMA",
+                code=ErrorCode.TRANSLATE_SCHEMA,
                 location=f"line {line}",
                 format=self.name,
             )
@@ -320,7 +322,7 @@ class NctsJsonAdapter:
             raise DecodeError(
                 "an NCTS JSON message is an object with one key, the message"
                 f" ({', '.join('n1:' + m for m in MESSAGES)})",
-                code="TRANSLATE_SCHEMA",
+                code=ErrorCode.TRANSLATE_SCHEMA,
                 location="$",
                 format=self.name,
             )
@@ -335,7 +337,7 @@ class NctsJsonAdapter:
         if _root_code(document.body) != code:
             raise EncodeError(
                 f"the body of a {document.message_type} has the single key n1:{code}",
-                code="TRANSLATE_ENCODE",
+                code=ErrorCode.TRANSLATE_ENCODE,
                 location="$",
                 format=self.name,
             )

@@ -35,7 +35,7 @@ from gateway.ca import authority
 from gateway.config.files import load_settings
 from gateway.config.models import Settings
 from gateway.contract import AmqpHeader
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, ErrorCode, RelayError
 from gateway.relay import back_office
 from gateway.relay.back_office import BackOffice, connect_robust
 from gateway.relay.broker import broker_error
@@ -327,7 +327,7 @@ async def _audit_rows(s: Settings, gid: str, ids: list[str], timeline: Timeline)
                     continue
                 seen.add(e.seq)
                 step = f"{e.event} {e.direction or ''} {e.message_type or ''}".strip()
-                if e.code and e.code != "POLICY_ALLOW":
+                if e.code and e.code != ErrorCode.POLICY_ALLOW:
                     step += f" [{e.code}]"
                 timeline.add(
                     f"gateway {gid}",
@@ -421,10 +421,11 @@ def _require_broker(url: str) -> None:
         asyncio.run(back_office.probe(url))
     except Exception as exc:
         error = broker_error(exc, url)
-        if error.code != "RELAY_UNAVAILABLE":  # a broker answered: its refusal says what to fix
-            raise ConfigError(error.reason, code=error.code) from None
-        raise ConfigError(
+        if error.code != ErrorCode.RELAY_UNAVAILABLE:
+            # a broker answered: its refusal says what to fix (exit 2, as for broker.url)
+            raise error from None
+        raise RelayError(
             f"RabbitMQ is not reachable at {url.split('@')[-1]} ({exc.__class__.__name__}); "
             "start it with `rabbitmq-server -detached` (or `make demo`, which starts it)",
-            code="RELAY_UNAVAILABLE",
+            code=ErrorCode.RELAY_UNAVAILABLE,
         ) from None

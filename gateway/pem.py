@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.types import (
 )
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, ErrorCode
 
 #: Files that may hold certificates.
 _CERT_SUFFIXES = (".pem", ".crt", ".cer")
@@ -48,7 +48,7 @@ def parse_serial(text: str | int) -> int:
     if cleaned.lower().startswith("0x"):
         cleaned = cleaned[2:]
     if not cleaned or not re.fullmatch(r"[0-9a-fA-F]+", cleaned):
-        raise ConfigError(f"not a hex serial number: {text!r}", code="CONFIG_CERT_SERIAL")
+        raise ConfigError(f"not a hex serial number: {text!r}", code=ErrorCode.CONFIG_CERT_SERIAL)
     return int(cleaned, 16)
 
 
@@ -142,7 +142,7 @@ def _read(path: Path, what: str) -> bytes:
         return Path(path).read_bytes()
     except OSError as exc:
         raise ConfigError(
-            f"cannot read {what} {path}: {exc.strerror}", code="CONFIG_FILE", path=str(path)
+            f"cannot read {what} {path}: {exc.strerror}", code=ErrorCode.CONFIG_FILE, path=str(path)
         ) from exc
 
 
@@ -153,7 +153,7 @@ def load_certs(path: Path) -> list[x509.Certificate]:
         certs = x509.load_pem_x509_certificates(data)
     except ValueError as exc:
         raise ConfigError(
-            f"not a PEM certificate file: {path}", code="CONFIG_CERT", path=str(path)
+            f"not a PEM certificate file: {path}", code=ErrorCode.CONFIG_CERT, path=str(path)
         ) from exc
     return certs
 
@@ -171,12 +171,12 @@ def load_private_key(path: Path, passphrase: bytes | None = None) -> PrivateKeyT
     except TypeError as exc:
         # cryptography says "Password was not given but private key is encrypted" or the reverse
         raise ConfigError(
-            f"private key {path}: {exc}", code="CONFIG_KEY_PASSPHRASE", path=str(path)
+            f"private key {path}: {exc}", code=ErrorCode.CONFIG_KEY_PASSPHRASE, path=str(path)
         ) from exc
     except ValueError as exc:
         raise ConfigError(
             f"cannot load private key {path} (not a PEM key, or wrong passphrase)",
-            code="CONFIG_KEY",
+            code=ErrorCode.CONFIG_KEY,
             path=str(path),
         ) from exc
 
@@ -189,7 +189,7 @@ def load_crl(path: Path) -> x509.CertificateRevocationList:
             return x509.load_pem_x509_crl(data)
         return x509.load_der_x509_crl(data)
     except ValueError as exc:
-        raise ConfigError(f"not a CRL: {path}", code="CONFIG_CRL", path=str(path)) from exc
+        raise ConfigError(f"not a CRL: {path}", code=ErrorCode.CONFIG_CRL, path=str(path)) from exc
 
 
 def write_crl(path: Path, crl: x509.CertificateRevocationList) -> Path:

@@ -40,7 +40,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.x509.oid import NameOID
 
 from gateway.config.models import Settings
-from gateway.errors import ConfigError, GatewayError
+from gateway.errors import ConfigError, ErrorCode, GatewayError
 from gateway.pem import cert_kind, load_certs
 
 log = structlog.get_logger(__name__)
@@ -187,16 +187,17 @@ def read_token(path: Path) -> bytes:
         raise ConfigError(
             f"admin.token_file: {path}: mode {stat.S_IMODE(info.st_mode):04o} lets others read "
             "it; chmod 600",
-            code="CONFIG_TOKEN_MODE",
+            code=ErrorCode.CONFIG_TOKEN_MODE,
         )
     if info.st_uid != os.geteuid():
         raise ConfigError(
-            f"admin.token_file: {path}: not owned by the service user", code="CONFIG_TOKEN_MODE"
+            f"admin.token_file: {path}: not owned by the service user",
+            code=ErrorCode.CONFIG_TOKEN_MODE,
         )
     if len(data) < 16:
         raise ConfigError(
             f"admin.token_file: {path}: the token must be at least 16 characters",
-            code="CONFIG_TOKEN_WEAK",
+            code=ErrorCode.CONFIG_TOKEN_WEAK,
         )
     return data
 

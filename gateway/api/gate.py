@@ -17,7 +17,7 @@ from aiohttp.web_protocol import RequestHandler
 
 from gateway import tasks
 from gateway.api.guard import ConnectionClock, Guard
-from gateway.errors import AuthError
+from gateway.errors import AuthError, ErrorCode
 from gateway.pipeline.runtime import Runtime
 from gateway.trust import tls_transport
 from gateway.trust.identity import peer_der
@@ -114,7 +114,7 @@ class ConnectionGate(asyncio.Protocol):
             self._refuse(transport, exc)
             return
         except ValueError as exc:  # a certificate cryptography cannot read
-            self._refuse(transport, AuthError(str(exc), code="AUTH_BAD_CERTIFICATE"))
+            self._refuse(transport, AuthError(str(exc), code=ErrorCode.AUTH_BAD_CERTIFICATE))
             return
         admitted = gw.guard.admit(partner, self._peer, transport)
         if admitted is None:  # the partner's connection cap (logged and audited)
@@ -173,25 +173,25 @@ class ConnectionGate(asyncio.Protocol):
 
 #: OpenSSL reasons -> the stable code a handshake failure is counted under
 _TLS_CODES = {
-    "PEER_DID_NOT_RETURN_A_CERTIFICATE": "TLS_NO_CERTIFICATE",
-    "NO_CERTIFICATE_RETURNED": "TLS_NO_CERTIFICATE",
-    "CERTIFICATE_VERIFY_FAILED": "TLS_CERTIFICATE_UNTRUSTED",
-    "UNSUPPORTED_PROTOCOL": "TLS_OLD_PROTOCOL",
-    "WRONG_VERSION_NUMBER": "TLS_NOT_TLS",
-    "HTTP_REQUEST": "TLS_NOT_TLS",
-    "NO_SHARED_CIPHER": "TLS_NO_SHARED_CIPHER",
+    "PEER_DID_NOT_RETURN_A_CERTIFICATE": ErrorCode.TLS_NO_CERTIFICATE,
+    "NO_CERTIFICATE_RETURNED": ErrorCode.TLS_NO_CERTIFICATE,
+    "CERTIFICATE_VERIFY_FAILED": ErrorCode.TLS_CERTIFICATE_UNTRUSTED,
+    "UNSUPPORTED_PROTOCOL": ErrorCode.TLS_OLD_PROTOCOL,
+    "WRONG_VERSION_NUMBER": ErrorCode.TLS_NOT_TLS,
+    "HTTP_REQUEST": ErrorCode.TLS_NOT_TLS,
+    "NO_SHARED_CIPHER": ErrorCode.TLS_NO_SHARED_CIPHER,
 }
 
 
 def handshake_reason(exc: BaseException) -> tuple[str, str]:
     if isinstance(exc, ssl.SSLCertVerificationError):
-        return "TLS_CERTIFICATE_UNTRUSTED", str(exc.verify_message or exc.reason)
+        return ErrorCode.TLS_CERTIFICATE_UNTRUSTED, str(exc.verify_message or exc.reason)
     if isinstance(exc, ssl.SSLError):
         reason = str(exc.reason or exc.__class__.__name__)
         return _TLS_CODES.get(reason, f"TLS_{reason}"), reason.lower().replace("_", " ")
     if isinstance(exc, ConnectionAbortedError | asyncio.TimeoutError | TimeoutError):
-        return "TLS_TIMEOUT", str(exc) or "handshake timed out"
-    return "TLS_CONNECTION_LOST", f"{exc.__class__.__name__}: {exc}".rstrip(": ")
+        return ErrorCode.TLS_TIMEOUT, str(exc) or "handshake timed out"
+    return ErrorCode.TLS_CONNECTION_LOST, f"{exc.__class__.__name__}: {exc}".rstrip(": ")
 
 
 def peer_address(peer: Any) -> str:

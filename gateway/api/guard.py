@@ -41,26 +41,27 @@ from aiohttp import web
 
 from gateway.audit.chain import AuditEvent
 from gateway.config.models import ListenSection
+from gateway.errors import ErrorCode
 
 log = structlog.get_logger(__name__)
 
 
-IDLE_CLOSED = "HTTP_IDLE_CLOSED"
+IDLE_CLOSED = ErrorCode.HTTP_IDLE_CLOSED
 
 
-HEADER_TIMEOUT = "HTTP_HEADER_TIMEOUT"
+HEADER_TIMEOUT = ErrorCode.HTTP_HEADER_TIMEOUT
 
 
-BODY_TIMEOUT = "HTTP_BODY_TIMEOUT"
+BODY_TIMEOUT = ErrorCode.HTTP_BODY_TIMEOUT
 
 
-REQUESTS_LIMIT = "HTTP_REQUESTS_LIMIT"
+REQUESTS_LIMIT = ErrorCode.HTTP_REQUESTS_LIMIT
 
 
-CONN_LIMIT = "CONN_LIMIT"
+CONN_LIMIT = ErrorCode.CONN_LIMIT
 
 
-CONN_PARTNER_LIMIT = "CONN_PARTNER_LIMIT"
+CONN_PARTNER_LIMIT = ErrorCode.CONN_PARTNER_LIMIT
 
 
 #: what a 503 for too many requests in flight asks the partner to wait, in seconds

@@ -21,6 +21,7 @@ from gateway.api.guard import (
 from gateway.errors import (
     AuthError,
     EnvelopeError,
+    ErrorCode,
 )
 from gateway.pipeline.inbound import Inbound, InboundPipeline
 from gateway.pipeline.runtime import Runtime
@@ -72,7 +73,9 @@ async def handle_messages(request: web.Request) -> web.Response:
         )
         refused = pipeline.refuse_request(
             partner,
-            EnvelopeError(f"body of {size} exceeds the limit of {limit} bytes", code="SIZE_LIMIT"),
+            EnvelopeError(
+                f"body of {size} exceeds the limit of {limit} bytes", code=ErrorCode.SIZE_LIMIT
+            ),
         )
         return await answer_and_close(request, await _answer(pipeline, partner, refused))
     if request.content_type == "multipart/mixed":

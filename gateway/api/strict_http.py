@@ -30,7 +30,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
-from gateway.errors import ProtocolError
+from gateway.errors import ErrorCode, ProtocolError
 
 log = structlog.get_logger(__name__)
 
@@ -53,7 +53,7 @@ def check_request(request: web.BaseRequest) -> ProtocolError | None:
     if codings and codings != ["chunked"]:
         return ProtocolError(
             f"Transfer-Encoding {', '.join(codings)} is not supported: only chunked",
-            code="HTTP_TRANSFER_ENCODING",
+            code=ErrorCode.HTTP_TRANSFER_ENCODING,
         )
     encodings = [
         c.strip().lower()
@@ -63,14 +63,14 @@ def check_request(request: web.BaseRequest) -> ProtocolError | None:
     if any(e not in ("", "identity") for e in encodings):
         return ProtocolError(
             f"Content-Encoding {', '.join(encodings)} is not accepted: send the envelope as is",
-            code="HTTP_CONTENT_ENCODING",
+            code=ErrorCode.HTTP_CONTENT_ENCODING,
         )
     if request.content_type not in MEDIA_TYPES:
         given = request.headers.get(hdrs.CONTENT_TYPE, "none")[:100]
         return ProtocolError(
             f"Content-Type {given} is not accepted: application/xml (one envelope) or "
             "multipart/mixed (a batch)",
-            code="HTTP_CONTENT_TYPE",
+            code=ErrorCode.HTTP_CONTENT_TYPE,
         )
     return None
 
@@ -108,10 +108,10 @@ class QuietRequestHandler(RequestHandler):
         if request.writer.output_size > 0:
             raise ConnectionError("an answer was sent already")
         if "invalid `Transfer-Encoding`" in str(exc):
-            status, code = 501, "HTTP_TRANSFER_ENCODING"
+            status, code = 501, ErrorCode.HTTP_TRANSFER_ENCODING
             reason = "Transfer-Encoding is not supported: only chunked"
         else:
-            code = "HTTP_MALFORMED"
+            code = ErrorCode.HTTP_MALFORMED
             reason = f"the request is not valid HTTP/1.1 ({exc.__class__.__name__})"
         if self._on_refused is not None:
             self._on_refused(code, reason)

@@ -33,6 +33,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from gateway.audit.chain import AuditEvent
+from gateway.errors import ErrorCode
 from gateway.pem import cert_kind, cert_sha256, issued_directly_by, serial_hex, spki_pin
 
 #: the event of a certificate record
@@ -40,7 +41,7 @@ CERT_RECORDED = "cert_recorded"
 
 
 #: its code
-SIGNING_CERT_RECORDED = "SIGNING_CERT_RECORDED"
+SIGNING_CERT_RECORDED = ErrorCode.SIGNING_CERT_RECORDED
 
 
 def record_event(cert: x509.Certificate, *, actor: str, source: str) -> AuditEvent:

@@ -25,7 +25,7 @@ from gateway.audit.chain import (
     canonical_json,
 )
 from gateway.audit.verify import ChainVerifier, Problem, VerifyReport, _report_fields
-from gateway.errors import AuditError
+from gateway.errors import AuditError, ErrorCode
 
 BUNDLE_FORMAT = "maagw-audit-bundle/1"
 
@@ -33,7 +33,7 @@ BUNDLE_FORMAT = "maagw-audit-bundle/1"
 def _prepare_export_dir(out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     if any(out_dir.iterdir()):
-        raise AuditError(f"{out_dir}: export directory is not empty", code="AUDIT_EXPORT")
+        raise AuditError(f"{out_dir}: export directory is not empty", code=ErrorCode.AUDIT_EXPORT)
 
 
 def _export_line(row: Sequence[Any]) -> bytes:
@@ -82,7 +82,9 @@ def verify_bundle(
     try:
         manifest = json.loads((bundle / "manifest.json").read_text())
     except (OSError, ValueError) as exc:
-        raise AuditError(f"{bundle}: not an audit bundle ({exc})", code="AUDIT_BUNDLE") from exc
+        raise AuditError(
+            f"{bundle}: not an audit bundle ({exc})", code=ErrorCode.AUDIT_BUNDLE
+        ) from exc
     cps, file_problems = _read_bundle_checkpoints(bundle / "checkpoints")
     from_seq = int(manifest["from_seq"])
     to_seq = int(manifest["to_seq"])

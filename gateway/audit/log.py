@@ -59,7 +59,7 @@ from gateway.audit.export import BUNDLE_FORMAT, _export_line, _prepare_export_di
 from gateway.audit.postgres import PostgresStore
 from gateway.audit.sqlite import SqliteStore, sqlite_path
 from gateway.audit.verify import ChainVerifier, Segment, VerifyReport, _cp_fingerprint
-from gateway.errors import AuditError
+from gateway.errors import AuditError, ErrorCode
 from gateway.health import Health
 from gateway.tasks import spawn
 
@@ -184,9 +184,9 @@ class AuditLog:
 
     def _check_open(self) -> None:
         if self._closing:
-            raise AuditError("the audit log is closed", code="AUDIT_CLOSED")
+            raise AuditError("the audit log is closed", code=ErrorCode.AUDIT_CLOSED)
         if self._writer is not None and self._writer.done():
-            raise AuditError("the audit writer stopped", code="AUDIT_WRITER_STOPPED")
+            raise AuditError("the audit writer stopped", code=ErrorCode.AUDIT_WRITER_STOPPED)
 
     def _pending(self, event: AuditEvent) -> Pending:
         return (
@@ -240,7 +240,7 @@ class AuditLog:
         if digest != evidence_digest(data):
             raise AuditError(
                 "evidence digest does not match its bytes",
-                code="AUDIT_EVIDENCE_DIGEST",
+                code=ErrorCode.AUDIT_EVIDENCE_DIGEST,
                 digest=digest,
             )
         now = datetime.now(UTC)
@@ -261,7 +261,7 @@ class AuditLog:
             await self._write_forever()
         finally:
             # cancelled or crashed: nobody may wait forever for an entry that will not come
-            err = AuditError("the audit writer stopped", code="AUDIT_WRITER_STOPPED")
+            err = AuditError("the audit writer stopped", code=ErrorCode.AUDIT_WRITER_STOPPED)
             for _, fut in (*self._waiting.entries, *self._waiting.evidence):
                 if fut is not None and not fut.done():
                     fut.set_exception(err)
@@ -310,7 +310,7 @@ class AuditLog:
             err = (
                 exc
                 if isinstance(exc, AuditError)
-                else AuditError(f"audit write failed: {exc}", code="AUDIT_WRITE_FAILED")
+                else AuditError(f"audit write failed: {exc}", code=ErrorCode.AUDIT_WRITE_FAILED)
             )
             # logged once per failure episode (error level) by the health tracker
             self.health.failed(err.code, err.reason)
@@ -630,7 +630,7 @@ def _parse(text: str) -> datetime:
         moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
         raise AuditError(
-            f"{text!r} is neither a sequence number nor an ISO time", code="AUDIT_BAD_RANGE"
+            f"{text!r} is neither a sequence number nor an ISO time", code=ErrorCode.AUDIT_BAD_RANGE
         ) from None
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 

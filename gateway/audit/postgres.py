@@ -21,7 +21,7 @@ from gateway.audit.backend import (
     log,
 )
 from gateway.audit.chain import GENESIS, ROW_COLUMNS, Entry, utc_now
-from gateway.errors import AuditError
+from gateway.errors import AuditError, ErrorCode
 
 # --------------------------------------------------------------------------- PostgreSQL
 
@@ -81,7 +81,8 @@ class PostgresStore:
             )
         except (OSError, asyncpg.PostgresError) as exc:
             raise AuditError(
-                f"cannot connect to PostgreSQL for the audit log: {exc}", code="AUDIT_UNAVAILABLE"
+                f"cannot connect to PostgreSQL for the audit log: {exc}",
+                code=ErrorCode.AUDIT_UNAVAILABLE,
             ) from exc
         store = cls(pool, url)
         if not migrate:
@@ -106,7 +107,7 @@ class PostgresStore:
             if current > len(_PG_MIGRATIONS):
                 raise AuditError(
                     f"schema version {current} is newer than this gateway knows",
-                    code="AUDIT_SCHEMA_NEWER",
+                    code=ErrorCode.AUDIT_SCHEMA_NEWER,
                 )
             for version in range(current + 1, len(_PG_MIGRATIONS) + 1):
                 for stmt in _PG_MIGRATIONS[version - 1]:
@@ -123,7 +124,9 @@ class PostgresStore:
             async with self._pool.acquire() as con:
                 return await fn(con)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            raise AuditError(f"PostgreSQL audit store: {exc}", code="AUDIT_STORE_FAILED") from exc
+            raise AuditError(
+                f"PostgreSQL audit store: {exc}", code=ErrorCode.AUDIT_STORE_FAILED
+            ) from exc
 
     async def write_batch(
         self, gateway: str, entries: Sequence[Pending], evidence: Sequence[EvidenceItem]
@@ -226,7 +229,9 @@ class PostgresStore:
                         break
                     yield [tuple(r) for r in rows]
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            raise AuditError(f"PostgreSQL audit store: {exc}", code="AUDIT_STORE_FAILED") from exc
+            raise AuditError(
+                f"PostgreSQL audit store: {exc}", code=ErrorCode.AUDIT_STORE_FAILED
+            ) from exc
 
     async def _entries(self, sql: str, *args: Any) -> list[Entry]:
         async def run(con: Any) -> list[Entry]:

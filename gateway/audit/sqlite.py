@@ -22,7 +22,7 @@ from gateway.audit.backend import (
     log,
 )
 from gateway.audit.chain import GENESIS, ROW_COLUMNS, Entry, utc_now
-from gateway.errors import AuditError
+from gateway.errors import AuditError, ErrorCode
 
 # --------------------------------------------------------------------------- SQLite
 
@@ -86,13 +86,15 @@ class SqliteStore:
         store._migrate = migrate
         if not create and not await store._in(store._reader, path.exists):
             await store.close()
-            raise AuditError(f"{path}: audit database does not exist", code="AUDIT_NOT_FOUND")
+            raise AuditError(
+                f"{path}: audit database does not exist", code=ErrorCode.AUDIT_NOT_FOUND
+            )
         try:
             await store._in(store._writer, store._open_writer)
             await store._in(store._reader, store._open_reader)
         except sqlite3.Error as exc:
             await store.close()
-            raise AuditError(f"{path}: {exc}", code="AUDIT_UNAVAILABLE") from exc
+            raise AuditError(f"{path}: {exc}", code=ErrorCode.AUDIT_UNAVAILABLE) from exc
         return store
 
     async def _in(self, pool: ThreadPoolExecutor, fn: Callable[[], T]) -> T:
@@ -123,7 +125,7 @@ class SqliteStore:
             if current > len(_SQLITE_MIGRATIONS):
                 raise AuditError(
                     f"{self.path}: schema version {current} is newer than this gateway knows",
-                    code="AUDIT_SCHEMA_NEWER",
+                    code=ErrorCode.AUDIT_SCHEMA_NEWER,
                 )
             for version in range(current + 1, len(_SQLITE_MIGRATIONS) + 1):
                 for stmt in _SQLITE_MIGRATIONS[version - 1]:
@@ -181,7 +183,7 @@ class SqliteStore:
         try:
             return await self._in(pool, fn)
         except sqlite3.Error as exc:
-            raise AuditError(f"{self.path}: {exc}", code="AUDIT_STORE_FAILED") from exc
+            raise AuditError(f"{self.path}: {exc}", code=ErrorCode.AUDIT_STORE_FAILED) from exc
 
     async def head(self) -> tuple[int, str]:
         return await self._call(self._reader, lambda: _sqlite_head(self._r()))

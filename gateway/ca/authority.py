@@ -36,7 +36,7 @@ from cryptography.hazmat.primitives.asymmetric.types import (
 )
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, ErrorCode
 from gateway.pem import (
     KINDS,
     OPERATOR_OU,
@@ -98,7 +98,7 @@ def generate_key(key_type: KeyType = "ec") -> CertificateIssuerPrivateKeyTypes:
         return ec.generate_private_key(ec.SECP256R1())
     if key_type == "rsa":
         return rsa.generate_private_key(public_exponent=65537, key_size=RSA_BITS)
-    raise ConfigError(f"unknown key type {key_type!r} (ec or rsa)", code="CONFIG_KEY_TYPE")
+    raise ConfigError(f"unknown key type {key_type!r} (ec or rsa)", code=ErrorCode.CONFIG_KEY_TYPE)
 
 
 def _name(common_name: str, org: str | None = None, unit: str | None = None) -> x509.Name:
@@ -125,7 +125,7 @@ def _general_names(sans: Iterable[str]) -> list[x509.GeneralName]:
         except ValueError:
             if not value:
                 raise ConfigError(
-                    "empty subject alternative name", code="CONFIG_CERT_SAN"
+                    "empty subject alternative name", code=ErrorCode.CONFIG_CERT_SAN
                 ) from None
             names.append(x509.DNSName(value))
     return names
@@ -146,7 +146,7 @@ def read_index(ca_dir: Path) -> dict[str, Any]:
     try:
         data: dict[str, Any] = json.loads(path.read_text("utf-8"))
     except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot read CA index {path}", code="CONFIG_CA_INDEX") from exc
+        raise ConfigError(f"cannot read CA index {path}", code=ErrorCode.CONFIG_CA_INDEX) from exc
     data.setdefault("crl_number", 0)
     data.setdefault("certs", {})
     return data
@@ -173,15 +173,17 @@ def load_ca(ca_dir: Path, passphrase: bytes | None = None) -> CA:
     if not (ca_dir / CA_CERT).exists():
         raise ConfigError(
             f"{ca_dir} is not a CA directory (no {CA_CERT}); create one with `maagw certs init-ca`",
-            code="CONFIG_CA",
+            code=ErrorCode.CONFIG_CA,
             path=str(ca_dir),
         )
     cert = load_cert(ca_dir / CA_CERT)
     key = load_private_key(ca_dir / CA_KEY, passphrase)
     if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
-        raise ConfigError(f"unsupported CA key type in {ca_dir / CA_KEY}", code="CONFIG_CA")
+        raise ConfigError(f"unsupported CA key type in {ca_dir / CA_KEY}", code=ErrorCode.CONFIG_CA)
     if public_key_pin(key.public_key()) != spki_pin(cert):
-        raise ConfigError(f"{CA_KEY} does not match {CA_CERT} in {ca_dir}", code="CONFIG_CA")
+        raise ConfigError(
+            f"{CA_KEY} does not match {CA_CERT} in {ca_dir}", code=ErrorCode.CONFIG_CA
+        )
     return CA(ca_dir, cert, key)
 
 
@@ -217,11 +219,11 @@ def init_ca(
     if (out / CA_KEY).exists() and not overwrite:
         raise ConfigError(
             f"{out / CA_KEY} already exists; refusing to replace a CA",
-            code="CONFIG_CA_EXISTS",
+            code=ErrorCode.CONFIG_CA_EXISTS,
             path=str(out),
         )
     if days < 1:
-        raise ConfigError("a CA needs --days of at least 1", code="CONFIG_CERT_DAYS")
+        raise ConfigError("a CA needs --days of at least 1", code=ErrorCode.CONFIG_CERT_DAYS)
     out.mkdir(parents=True, exist_ok=True, mode=0o700)
     key = generate_key(key_type)
     subject = _name(name, org)
@@ -311,12 +313,14 @@ def issue(
     if kind not in KINDS:
         raise ConfigError(
             f"unknown certificate kind {kind!r} (one of {', '.join(KINDS)})",
-            code="CONFIG_CERT_KIND",
+            code=ErrorCode.CONFIG_CERT_KIND,
         )
     if days < 1:
-        raise ConfigError("--days must be at least 1", code="CONFIG_CERT_DAYS")
+        raise ConfigError("--days must be at least 1", code=ErrorCode.CONFIG_CERT_DAYS)
     if not name or "/" in name or name.startswith("."):
-        raise ConfigError(f"not a usable certificate name: {name!r}", code="CONFIG_CERT_NAME")
+        raise ConfigError(
+            f"not a usable certificate name: {name!r}", code=ErrorCode.CONFIG_CERT_NAME
+        )
     ca = load_ca(ca_dir, ca_passphrase)
     out = Path(out)
     key = generate_key(key_type)
@@ -402,7 +406,7 @@ def revoke(
     if flag is None or flag is REMOVE_FROM_CRL:
         usable = ", ".join(f.value for f in x509.ReasonFlags if f is not REMOVE_FROM_CRL)
         raise ConfigError(
-            f"unknown revocation reason {reason!r} ({usable})", code="CONFIG_CRL_REASON"
+            f"unknown revocation reason {reason!r} ({usable})", code=ErrorCode.CONFIG_CRL_REASON
         )
     number = parse_serial(serial)
     index = read_index(ca_dir)
@@ -410,7 +414,7 @@ def revoke(
     if entry is None:
         raise ConfigError(
             f"serial {serial_hex(number)} was not issued by the CA in {ca_dir}",
-            code="CONFIG_CERT_SERIAL",
+            code=ErrorCode.CONFIG_CERT_SERIAL,
         )
     if entry.get("revoked"):
         log.info("cert_already_revoked", serial=serial_hex(number))

@@ -15,7 +15,7 @@ import structlog
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, ErrorCode
 from gateway.pem import (
     _crl_signed_by,
     _directly_issued_by,
@@ -50,7 +50,7 @@ def _toml_value(value: Any) -> str:
         return "[\n" + "".join(f"    {_toml_value(v)},\n" for v in value) + "]"
     if isinstance(value, dt.datetime | dt.date):
         return value.isoformat()
-    raise ConfigError(f"cannot write {type(value).__name__} to TOML", code="CONFIG_TOML")
+    raise ConfigError(f"cannot write {type(value).__name__} to TOML", code=ErrorCode.CONFIG_TOML)
 
 
 def dump_toml(data: Mapping[str, Any]) -> str:
@@ -103,7 +103,7 @@ def import_partner(
     if not re.fullmatch(PARTNER_ID_PATTERN, partner_id):
         raise ConfigError(
             f"not a partner id: {partner_id!r} (two capital letters, then up to 14 of A-Z 0-9 -)",
-            code="CONFIG_PARTNER_ID",
+            code=ErrorCode.CONFIG_PARTNER_ID,
         )
     out = Path(out)
     toml_path = out / f"{partner_id}.toml"
@@ -112,11 +112,13 @@ def import_partner(
         try:
             existing = tomllib.loads(toml_path.read_text("utf-8"))
         except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise ConfigError(f"cannot read {toml_path}: {exc}", code="CONFIG_PARTNER") from exc
+            raise ConfigError(
+                f"cannot read {toml_path}: {exc}", code=ErrorCode.CONFIG_PARTNER
+            ) from exc
 
     ca_certs = load_certs(Path(ca_file))
     if any(cert_kind(ca) != "ca" for ca in ca_certs):
-        raise ConfigError(f"{ca_file} is not a CA certificate", code="CONFIG_PARTNER_CA")
+        raise ConfigError(f"{ca_file} is not a CA certificate", code=ErrorCode.CONFIG_PARTNER_CA)
 
     def issued_by_ca(path: Path) -> list[x509.Certificate]:
         certs = load_certs(Path(path))
@@ -124,7 +126,7 @@ def import_partner(
             if not any(_directly_issued_by(cert, ca) for ca in ca_certs):
                 raise ConfigError(
                     f"{path} ({subject_text(cert)}) is not issued by the partner CA {ca_file}",
-                    code="CONFIG_PARTNER_CHAIN",
+                    code=ErrorCode.CONFIG_PARTNER_CHAIN,
                 )
         return certs
 
@@ -142,7 +144,9 @@ def import_partner(
     signers = [cert for path in signing_certs for cert in issued_by_ca(path)]
     crl_obj = load_crl(Path(crl)) if crl is not None else None
     if crl_obj is not None and not any(_crl_signed_by(crl_obj, ca) for ca in ca_certs):
-        raise ConfigError(f"CRL {crl} is not signed by the partner CA {ca_file}", code="CONFIG_CRL")
+        raise ConfigError(
+            f"CRL {crl} is not signed by the partner CA {ca_file}", code=ErrorCode.CONFIG_CRL
+        )
 
     ca_dest = write_cert(cert_dir / f"{partner_id}-ca.pem", *ca_certs)
     written: list[Path] = [ca_dest]

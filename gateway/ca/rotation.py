@@ -11,7 +11,7 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 
 from gateway.ca.authority import KeyType, issue, log
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, ErrorCode
 from gateway.pem import _now, load_cert, spki_pin
 
 # --------------------------------------------------------------------------- rotate
@@ -53,7 +53,7 @@ def _current_signing_cert(out: Path, name: str) -> Path:
     if not existing:
         raise ConfigError(
             f"no signing certificate {name}.pem (or {name}-<date>.pem) in {out} to rotate",
-            code="CONFIG_CERT_MISSING",
+            code=ErrorCode.CONFIG_CERT_MISSING,
         )
     return max(existing, key=lambda p: load_cert(p).not_valid_before_utc)
 

@@ -22,7 +22,7 @@ import adapters
 from gateway.config.agreement import Agreement, load_agreements
 from gateway.config.files import default_config_path, load_settings
 from gateway.contract import REPLY_TYPES
-from gateway.errors import AdapterError, ConfigError, GatewayError
+from gateway.errors import AdapterError, GatewayError, exit_status
 from gateway.policy.engine import Decision, PolicyRequest, evaluate, find_agreement
 from gateway.policy.explain import explain
 
@@ -45,7 +45,7 @@ def _one_line_errors(func: Callable[P, R]) -> Callable[P, R]:
             return func(*args, **kwargs)
         except GatewayError as exc:
             click.echo(f"error: {exc}", err=True)
-            sys.exit(2 if isinstance(exc, ConfigError) else 1)
+            sys.exit(exit_status(exc))
 
     return wrapper
 

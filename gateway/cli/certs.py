@@ -21,7 +21,7 @@ from cryptography import x509
 from gateway import pem
 from gateway.ca import authority, inspect, partner_import
 from gateway.ca.rotation import Rotation, is_signing_family, rotate
-from gateway.errors import ConfigError, GatewayError
+from gateway.errors import ConfigError, ErrorCode, GatewayError, exit_status
 
 if TYPE_CHECKING:
     from gateway.config.models import Settings
@@ -51,7 +51,7 @@ def _one_line_errors(func: Callable[P, R]) -> Callable[P, R]:
             return func(*args, **kwargs)
         except GatewayError as exc:
             click.echo(f"error: {exc}", err=True)
-            sys.exit(2 if isinstance(exc, ConfigError) else 1)
+            sys.exit(exit_status(exc))
 
     return wrapper
 
@@ -413,7 +413,7 @@ def _rotation_settings(
         f"{name}.pem or {name}-*.pem in {out}"
     )
     if explicit is not None:
-        raise ConfigError(mismatch, code="CONFIG_ROTATION_MISMATCH")
+        raise ConfigError(mismatch, code=ErrorCode.CONFIG_ROTATION_MISMATCH)
     return None, mismatch
 
 
@@ -482,7 +482,7 @@ def _audit_rotation(
                     event="operator_action",
                     actor=actor,
                     outcome="ok",
-                    code="CERT_ROTATED",
+                    code=ErrorCode.CERT_ROTATED,
                     reason=f"successor signing certificate {rotation.new_cert.name} issued",
                     details={
                         "action": "certificate_rotation",
@@ -532,7 +532,9 @@ def fetch_crl_cmd(
     settings = load_settings(config_path or _default_config())
     unknown = sorted(set(partner_ids) - set(settings.partners))
     if unknown:
-        raise ConfigError(f"unknown partner(s): {', '.join(unknown)}", code="CONFIG_PARTNER_ID")
+        raise ConfigError(
+            f"unknown partner(s): {', '.join(unknown)}", code=ErrorCode.CONFIG_PARTNER_ID
+        )
     chosen = {p: settings.partners[p] for p in partner_ids or sorted(settings.partners)}
     trust = TrustStore(chosen, allow_stale_crl=True)
 
@@ -596,7 +598,7 @@ def _audit_crl_fetch(
                         partner=result.partner,
                         actor=actor,
                         outcome="ok",
-                        code="CRL_FETCHED",
+                        code=ErrorCode.CRL_FETCHED,
                         reason=f"CRL of {result.partner} fetched by the operator",
                         details={"action": "crl_fetch", "source": result.url, **about},
                     )

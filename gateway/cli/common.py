@@ -16,7 +16,7 @@ import click
 
 from gateway.config.files import default_config_path, load_settings
 from gateway.config.models import Settings
-from gateway.errors import ConfigError, GatewayError
+from gateway.errors import GatewayError, exit_status
 
 P = ParamSpec("P")
 
@@ -34,8 +34,8 @@ EXIT_USAGE = 2
 
 
 def exit_code(exc: GatewayError) -> int:
-    """2 for configuration errors, 1 for every other refusal."""
-    return EXIT_USAGE if isinstance(exc, ConfigError) else EXIT_REFUSED
+    """2 for configuration errors, 1 for every other refusal: as ``ErrorCode`` says."""
+    return exit_status(exc)
 
 
 def one_line_errors(func: Callable[P, R]) -> Callable[P, R]:

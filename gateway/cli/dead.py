@@ -28,7 +28,7 @@ from gateway.audit.log import AuditLog
 from gateway.cli.common import config_option, one_line_errors, settings_from
 from gateway.config.models import Settings
 from gateway.contract import GATEWAY_HEADERS
-from gateway.errors import ConfigError, GatewayError, RelayError
+from gateway.errors import ConfigError, DeadLetterError, ErrorCode, RelayError
 from gateway.relay.broker import Relay
 from gateway.relay.topology import Names
 from gateway.state.sqlite import Store
@@ -136,7 +136,7 @@ def show_dead(config_path: Path | None, dead_id: int) -> None:
 
     item, resolved = asyncio.run(_with_store_and_audit(settings, one))
     if item is None:
-        raise GatewayError(f"no dead letter {dead_id}", code="DEAD_NOT_FOUND")
+        raise DeadLetterError(f"no dead letter {dead_id}", code=ErrorCode.DEAD_NOT_FOUND)
     click.echo(
         json.dumps(
             {
@@ -177,24 +177,25 @@ def replay_dead(config_path: Path | None, dead_id: int, actor: str | None, again
     async def run(store: Store, audit: AuditLog) -> tuple[DeadLetter, str]:
         item = await store.dead_get(dead_id)
         if item is None:
-            raise GatewayError(f"no dead letter {dead_id}", code="DEAD_NOT_FOUND")
+            raise DeadLetterError(f"no dead letter {dead_id}", code=ErrorCode.DEAD_NOT_FOUND)
         if item.direction != "outbound" or not item.partner:
-            raise GatewayError(
-                f"dead letter {dead_id} is not an outbound message", code="DEAD_NOT_REPLAYABLE"
+            raise DeadLetterError(
+                f"dead letter {dead_id} is not an outbound message",
+                code=ErrorCode.DEAD_NOT_REPLAYABLE,
             )
         resolved = await resolution(audit, item)
         if resolved is not None and not again:
-            raise GatewayError(
+            raise DeadLetterError(
                 f"dead letter {dead_id}: message {item.message_id} was delivered since "
                 f"(audit entry {resolved.seq}, {resolved.time}); pass --again to send it "
                 "once more",
-                code="DEAD_RESOLVED",
+                code=ErrorCode.DEAD_RESOLVED,
             )
         if not await store.dead_claim_replay(dead_id, again=again):
-            raise GatewayError(
+            raise DeadLetterError(
                 f"dead letter {dead_id} was replayed at {_when(item.replayed_at)}; "
                 "pass --again to replay it once more",
-                code="DEAD_ALREADY_REPLAYED",
+                code=ErrorCode.DEAD_ALREADY_REPLAYED,
             )
         props = item.properties
         headers = {
@@ -240,7 +241,7 @@ def replay_dead(config_path: Path | None, dead_id: int, actor: str | None, again
                 message_type=props.get("type"),
                 message_id=item.message_id,
                 outcome="ok",
-                code="DEAD_REPLAYED",
+                code=ErrorCode.DEAD_REPLAYED,
                 reason=f"dead letter {dead_id} replayed",
                 actor=actor,
                 details={

@@ -21,7 +21,7 @@ import click
 from cryptography import x509
 
 from gateway import pem
-from gateway.errors import ConfigError, GatewayError
+from gateway.errors import ConfigError, GatewayError, exit_status
 from gateway.xml import envelope as envelope_mod
 from gateway.xml import safe as xmlsafe
 from gateway.xml import signature as signing
@@ -53,7 +53,7 @@ def _one_line_errors(func: Callable[P, R]) -> Callable[P, R]:
             return func(*args, **kwargs)
         except GatewayError as exc:
             click.echo(str(exc), err=True)
-            sys.exit(2 if isinstance(exc, ConfigError) else 1)
+            sys.exit(exit_status(exc))
 
     return wrapper
 

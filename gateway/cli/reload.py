@@ -21,7 +21,7 @@ import click
 from gateway.api.admin import read_token
 from gateway.cli.common import config_option, one_line_errors, settings_from
 from gateway.config.models import Settings
-from gateway.errors import AuthError, ConfigError, GatewayError
+from gateway.errors import AuthError, ConfigError, ErrorCode, GatewayError
 
 
 @click.command("reload")
@@ -72,7 +72,7 @@ def reload_command(
             raise ConfigError(
                 "no operator certificate (--cert/--key) and no admin.token_file "
                 "to authenticate with",
-                code="CONFIG_NO_OPERATOR_CREDENTIAL",
+                code=ErrorCode.CONFIG_NO_OPERATOR_CREDENTIAL,
             )
         headers["Authorization"] = "Bearer " + read_token(token_path).decode()
     context = _client_context(settings, cert, key) if tls else None
@@ -116,17 +116,18 @@ def _post(
     except urllib.error.HTTPError as exc:
         if exc.code in (401, 403):
             raise AuthError(
-                "the admin listener refused the operator credential", code="AUTH_OPERATOR_REQUIRED"
+                "the admin listener refused the operator credential",
+                code=ErrorCode.AUTH_OPERATOR_REQUIRED,
             ) from None
         body = _json(exc.read())
         raise GatewayError(
             str(body.get("reason") or f"the gateway answered {exc.code}"),
-            code=str(body.get("code") or "RELOAD_FAILED"),
+            code=str(body.get("code") or ErrorCode.RELOAD_FAILED),
         ) from None
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         raise GatewayError(
-            f"admin listener at {url} not reachable: {reason}", code="ADMIN_UNREACHABLE"
+            f"admin listener at {url} not reachable: {reason}", code=ErrorCode.ADMIN_UNREACHABLE
         ) from None
 
 

@@ -93,7 +93,7 @@ def send(
     try:
         asyncio.run(publish())
     except RelayError as exc:
-        raise ConfigError(broker_reason(exc), code=exc.code) from None
+        raise RelayError(broker_reason(exc), code=exc.code) from None
     click.echo(f"published {message_id} ({message_type}, {fmt}) for {partner}")
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from gateway.cli.common import config_option, one_line_errors, settings_from
-from gateway.errors import ConfigError, RelayError
+from gateway.errors import ErrorCode, RelayError
 from gateway.service import logging as logsetup
 
 
@@ -56,7 +56,7 @@ def serve(
     try:
         asyncio.run(run())
     except RelayError as exc:
-        raise ConfigError(broker_reason(exc), code=exc.code) from None
+        raise RelayError(broker_reason(exc), code=exc.code) from None
 
 
 RABBITMQ_HINT = "start RabbitMQ (e.g. `rabbitmq-server -detached`) or set MAAGW_BROKER_URL"
@@ -68,4 +68,6 @@ def broker_reason(exc: RelayError) -> str:
     A refused login or vhost (``RELAY_ACCESS_REFUSED``, ``RELAY_NOT_ALLOWED``) comes
     from a running broker: its reason says what to fix in ``broker.url``.
     """
-    return f"{exc.reason} — {RABBITMQ_HINT}" if exc.code == "RELAY_UNAVAILABLE" else exc.reason
+    return (
+        f"{exc.reason} — {RABBITMQ_HINT}" if exc.code == ErrorCode.RELAY_UNAVAILABLE else exc.reason
+    )

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ValidationError
 
 from gateway.config.agreement import Agreement, load_agreements
 from gateway.config.models import GatewayFile, Partner, Settings
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, ErrorCode
 
 log = structlog.get_logger(__name__)
 
@@ -130,7 +130,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
         with path.open("rb") as fh:
             return tomllib.load(fh)
     except FileNotFoundError:
-        raise ConfigError(f"{path}: file not found", code="CONFIG_MISSING") from None
+        raise ConfigError(f"{path}: file not found", code=ErrorCode.CONFIG_MISSING) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: {exc}") from None
     except OSError as exc:

@@ -17,7 +17,7 @@ import aiohttp
 import structlog
 
 from gateway.config.models import Partner, TlsSection
-from gateway.errors import AuthError, DeliveryError
+from gateway.errors import AuthError, DeliveryError, ErrorCode
 from gateway.trust.identity import TrustStore, peer_der
 from gateway.xml.batch import encode_multipart
 
@@ -32,7 +32,7 @@ RETRYABLE_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 
 
 #: the code a retryable status is reported under: the partner's "not now" is not a fault
-STATUS_CODES = {429: "DELIVERY_THROTTLED", 503: "DELIVERY_RETRY_LATER"}
+STATUS_CODES = {429: ErrorCode.DELIVERY_THROTTLED, 503: ErrorCode.DELIVERY_RETRY_LATER}
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +119,7 @@ class PartnerClient:
                 try:
                     self._check_server(partner_id, resp)
                 except AuthError as exc:
-                    if exc.code != "AUTH_CRL_STALE":
+                    if exc.code != ErrorCode.AUTH_CRL_STALE:
                         raise
                     # the request is out and answered: keep the answer, unverified (a stale
                     # CRL is our trust material's fault, not proof against the partner)
@@ -142,12 +142,14 @@ class PartnerClient:
             ) from exc
         except aiohttp.ClientSSLError as exc:
             raise DeliveryError(
-                f"TLS with {partner_id} failed: {exc}", code="DELIVERY_TLS", partner=partner_id
+                f"TLS with {partner_id} failed: {exc}",
+                code=ErrorCode.DELIVERY_TLS,
+                partner=partner_id,
             ) from exc
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise DeliveryError(
                 f"{partner_id} unreachable at {url}: {exc.__class__.__name__} {exc}".strip(),
-                code="DELIVERY_UNREACHABLE",
+                code=ErrorCode.DELIVERY_UNREACHABLE,
                 partner=partner_id,
             ) from exc
 

@@ -9,7 +9,7 @@ What it received is kept in ``received`` for assertions.
 
 Behaviour is scripted per message id (``answer``) or per call (``next_calls``)::
 
-    partner.answer(mid, Refuse("POLICY_MESSAGE_TYPE"))     # a signed rejection
+    partner.answer(mid, Refuse(ErrorCode.POLICY_MESSAGE_TYPE))     # a signed rejection
     partner.answer(mid, Later(retry_after=3), times=1)     # left out of a batch's list once
     partner.next_calls(Busy(429, retry_after=2), Unreachable("TimeoutError"))
     partner.next_calls(Unsigned(), SignedBy(other_signer), ServerProblem(stale_crl))
@@ -32,6 +32,7 @@ from lxml import etree
 from gateway.errors import (
     AuthError,
     DeliveryError,
+    ErrorCode,
     GatewayError,
     http_status,
 )
@@ -228,12 +229,12 @@ class MemoryPartner:
             if call.tls:
                 raise DeliveryError(
                     f"TLS with {partner_id} failed: {call.what}",
-                    code="DELIVERY_TLS",
+                    code=ErrorCode.DELIVERY_TLS,
                     partner=partner_id,
                 )
             raise DeliveryError(
                 f"{partner_id} unreachable at memory://{partner_id}: {call.what}",
-                code="DELIVERY_UNREACHABLE",
+                code=ErrorCode.DELIVERY_UNREACHABLE,
                 partner=partner_id,
             )
         self.received.append(Request(partner_id, tuple(bodies), batch))
@@ -301,7 +302,7 @@ class MemoryPartner:
                 message_id,
                 digest,
                 "rejected",
-                code="ENVELOPE_ID_REUSED",
+                code=ErrorCode.ENVELOPE_ID_REUSED,
                 reason=f"message id {message_id} was already used for a different envelope "
                 f"({seen.digest})",
             )
@@ -309,7 +310,7 @@ class MemoryPartner:
             message_id,
             digest,
             "duplicate",
-            code="DUPLICATE",
+            code=ErrorCode.DUPLICATE,
             reason=envelope.DUPLICATE_REASON,
             original_receipt=seen.receipt_id,
         )

@@ -20,7 +20,7 @@ from adapters.base import Adapter, Document
 from gateway.audit.chain import AuditEvent
 from gateway.config.agreement import Agreement
 from gateway.contract import AmqpHeader
-from gateway.errors import DeliveryError, EnvelopeError, GatewayError
+from gateway.errors import DeliveryError, ErrorCode, GatewayError, RelayError
 from gateway.pipeline.runtime import Runtime
 from gateway.policy.engine import Decision
 from gateway.relay.message import IncomingMessage
@@ -42,17 +42,20 @@ class Outgoing:
 
     @classmethod
     def read(cls, partner: str, message: IncomingMessage) -> Outgoing:
+        """Raises ``RelayError`` (``RELAY_NO_*``) when a property the contract requires is absent."""
         headers = message.headers or {}
         if not message.message_id:
-            raise EnvelopeError("the AMQP message has no message_id", code="RELAY_NO_MESSAGE_ID")
+            raise RelayError(
+                "the AMQP message has no message_id", code=ErrorCode.RELAY_NO_MESSAGE_ID
+            )
         if not message.type:
-            raise EnvelopeError(
-                "the AMQP message has no type (message type)", code="RELAY_NO_MESSAGE_TYPE"
+            raise RelayError(
+                "the AMQP message has no type (message type)", code=ErrorCode.RELAY_NO_MESSAGE_TYPE
             )
         fmt = header(headers, AmqpHeader.FORMAT)
         if not fmt:
-            raise EnvelopeError(
-                "the AMQP message has no x-maagw-format header", code="RELAY_NO_FORMAT"
+            raise RelayError(
+                "the AMQP message has no x-maagw-format header", code=ErrorCode.RELAY_NO_FORMAT
             )
         return cls(
             partner=partner,

@@ -46,6 +46,7 @@ from gateway.errors import (
     AuditError,
     AuthError,
     EnvelopeError,
+    ErrorCode,
     GatewayError,
     PolicyViolation,
     RelayError,
@@ -207,17 +208,17 @@ async def claim(ctx: Inbound) -> None:
         raise EnvelopeError(
             f"message id {head.message_id} was already used for a different envelope "
             f"({found.digest})",
-            code="ENVELOPE_ID_REUSED",
+            code=ErrorCode.ENVELOPE_ID_REUSED,
         )
     if found.outcome == "published":
-        ctx.audit("duplicate", "ok", "DUPLICATE", "already received and published")
+        ctx.audit("duplicate", "ok", ErrorCode.DUPLICATE, "already received and published")
         ctx.answer(
             200,
             ReceiptEntry(
                 head.message_id,
                 ctx.digest,
                 "duplicate",
-                code="DUPLICATE",
+                code=ErrorCode.DUPLICATE,
                 reason=envelope.DUPLICATE_REASON,
                 original_receipt=found.receipt_id,
             ),
@@ -284,7 +285,7 @@ async def decide(ctx: Inbound) -> None:
         return
     await rt.record(*ctx.entries)  # a refusal is audited now, whatever the answer
     ctx.entries.clear()
-    if decision.code == "POLICY_RATE":
+    if decision.code == ErrorCode.POLICY_RATE:
         await rt.store.release(ctx.partner, head.message_id)
         ctx.claimed = False
         ctx.later(429, max(1.0, decision.retry_after or 1.0))
@@ -329,7 +330,7 @@ async def publish(ctx: Inbound) -> None:
         log.warning("relay_unavailable", code=exc.code, reason=exc.reason)
         ctx.claimed = False
         await rt.store.release(
-            ctx.partner, head.message_id, uncertain=exc.code == "RELAY_UNCONFIRMED"
+            ctx.partner, head.message_id, uncertain=exc.code == ErrorCode.RELAY_UNCONFIRMED
         )
         ctx.later()
         return
@@ -428,7 +429,7 @@ class InboundPipeline:
                     direction="inbound",
                     partner=partner,
                     outcome="deny",
-                    code="POLICY_RATE_REFUSALS",
+                    code=ErrorCode.POLICY_RATE_REFUSALS,
                     reason=f"{partner} made this gateway refuse as many messages as its "
                     "agreements let it send; its requests are answered 429 until the "
                     "allowance refills",
@@ -580,7 +581,7 @@ def _batch_refusals(
         partner=partner,
         receipt_digest=receipt_digest,
         outcome="refused",
-        code="BATCH_REFUSED",
+        code=ErrorCode.BATCH_REFUSED,
         reason=f"{len(refused)} of the {parts} envelopes of a batch refused ({summary})",
         details={
             "receipt_id": receipt_id,

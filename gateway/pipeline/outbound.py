@@ -38,7 +38,9 @@ from gateway.errors import (
     AdapterError,
     DeliveryError,
     EnvelopeError,
+    ErrorCode,
     PolicyViolation,
+    RelayError,
     SignatureError,
     StoreError,
 )
@@ -75,11 +77,17 @@ REFUSALS = (AdapterError, PolicyViolation, EnvelopeError, SignatureError)
 
 async def read(ctx: Outbound) -> None:
     """The AMQP properties; a message for a partner no longer configured is refused."""
-    ctx.out = Outgoing.read(ctx.partner, ctx.message)
+    try:
+        ctx.out = Outgoing.read(ctx.partner, ctx.message)
+    except RelayError as exc:  # the back office broke the contract: nothing to retry
+        ctx.verdict = Refused(exc.code, exc.reason)
+        return
     if ctx.partner not in ctx.rt.settings.partners:
         # removed by a reload while its queue still held messages
         ctx.verdict = Refused(
-            "PARTNER_UNKNOWN", f"partner {ctx.partner} is no longer configured", status="failed"
+            ErrorCode.PARTNER_UNKNOWN,
+            f"partner {ctx.partner} is no longer configured",
+            status="failed",
         )
 
 
@@ -94,7 +102,9 @@ async def agreement(ctx: Outbound) -> None:
     for health in (rt.store.health, rt.audit.health):
         if not await health.wait(STORE_WAIT_SECONDS):
             # known to fail right now: do not even try; the episode is logged already
-            raise StoreError(f"{health.name}: {health.last_error}", code="STORE_UNAVAILABLE")
+            raise StoreError(
+                f"{health.name}: {health.last_error}", code=ErrorCode.STORE_UNAVAILABLE
+            )
     stored = await rt.store.outbox_get(out.message_id)
     if stored is not None:
         ctx.signed, ctx.digest = stored
@@ -231,7 +241,7 @@ class OutboundPipeline:
             # a batch whose receipt list leaves an envelope out: the partner will take it later
             wait = verified.retry_after
             ctx.verdict = Retry(
-                "DELIVERY_RETRY_LATER",
+                ErrorCode.DELIVERY_RETRY_LATER,
                 f"{out.partner} left this message out of its receipt list (try again later"
                 + (f", after {wait:g} s)" if wait else ")"),
                 retry_after=wait,
@@ -239,7 +249,7 @@ class OutboundPipeline:
             return
         if entry.digest != ctx.digest:
             ctx.verdict = Retry(
-                "DELIVERY_DIGEST_MISMATCH",
+                ErrorCode.DELIVERY_DIGEST_MISMATCH,
                 f"the receipt's digest {entry.digest} is not the digest of what was sent",
             )
             return
@@ -249,7 +259,7 @@ class OutboundPipeline:
                 Unverified(verified, entry)
                 if entry.status in DELIVERED
                 else Retry(
-                    "DELIVERY_RECEIPT_UNVERIFIED",
+                    ErrorCode.DELIVERY_RECEIPT_UNVERIFIED,
                     f"the receipt ({entry.status}) does not verify: {verified.problem.reason}",
                 )
             )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.errors import AuthError, DeliveryError, GatewayError, SignatureError
+from gateway.errors import AuthError, DeliveryError, ErrorCode, GatewayError, SignatureError
 from gateway.pipeline.context import VerifiedReceipt
 from gateway.pipeline.runtime import Runtime, canonical, hexdigest
 from gateway.xml import envelope
@@ -51,5 +51,5 @@ async def post_and_verify(rt: Runtime, partner: str, envelopes: list[bytes]) -> 
 def _bad_receipt(status: int, partner: str, exc: GatewayError) -> DeliveryError:
     return DeliveryError(
         f"answer {status} from {partner} is not a valid signed receipt: {exc.code}: {exc.reason}",
-        code="DELIVERY_BAD_RECEIPT",
+        code=ErrorCode.DELIVERY_BAD_RECEIPT,
     )

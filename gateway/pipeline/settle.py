@@ -29,7 +29,7 @@ import structlog
 from gateway.audit.chain import AuditEvent
 from gateway.config.agreement import Agreement
 from gateway.contract import AmqpHeader
-from gateway.errors import AuditError, GatewayError, RelayError, StoreError
+from gateway.errors import AuditError, ErrorCode, GatewayError, RelayError, StoreError
 from gateway.pipeline.context import (
     Delivered,
     Outbound,
@@ -351,7 +351,7 @@ async def _internal_failure(ctx: Outbound, exc: Exception) -> None:
             await dead_letter(
                 ctx,
                 Refused(
-                    "GATEWAY_INTERNAL",
+                    ErrorCode.GATEWAY_INTERNAL,
                     f"failed {failures} times unexpectedly, last: {reason}",
                     status="failed",
                 ),

@@ -35,32 +35,30 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from enum import StrEnum
 from typing import Any, Literal
 
 from gateway.config.agreement import TYPES_BY_KIND, Agreement
 from gateway.contract import REPLY_TYPES
-from gateway.errors import PolicyViolation
+from gateway.errors import ErrorCode, PolicyViolation
 
-
-class Code(StrEnum):
-    """The stable codes of policy decisions."""
-
-    ALLOW = "POLICY_ALLOW"
-    NO_AGREEMENT = "POLICY_NO_AGREEMENT"
-    NOT_PARTY = "POLICY_NOT_PARTY"
-    TERMINATED = "POLICY_TERMINATED"
-    SUSPENDED = "POLICY_SUSPENDED"
-    NOT_YET_VALID = "POLICY_NOT_YET_VALID"
-    EXPIRED = "POLICY_EXPIRED"
-    MESSAGE_TYPE = "POLICY_MESSAGE_TYPE"
-    FORMAT = "POLICY_FORMAT"
-    DATA_CATEGORY = "POLICY_DATA_CATEGORY"
-    PERSONAL_DATA = "POLICY_PERSONAL_DATA"
-    PURPOSE_MISSING = "POLICY_PURPOSE_MISSING"
-    SIZE = "POLICY_SIZE"
-    NO_REQUEST = "POLICY_NO_REQUEST"
-    RATE = "POLICY_RATE"
+#: the codes ``evaluate`` decides with, in the order of the module docstring
+DECISION_CODES: tuple[ErrorCode, ...] = (
+    ErrorCode.POLICY_ALLOW,
+    ErrorCode.POLICY_NO_AGREEMENT,
+    ErrorCode.POLICY_NOT_PARTY,
+    ErrorCode.POLICY_TERMINATED,
+    ErrorCode.POLICY_SUSPENDED,
+    ErrorCode.POLICY_NOT_YET_VALID,
+    ErrorCode.POLICY_EXPIRED,
+    ErrorCode.POLICY_MESSAGE_TYPE,
+    ErrorCode.POLICY_FORMAT,
+    ErrorCode.POLICY_DATA_CATEGORY,
+    ErrorCode.POLICY_PERSONAL_DATA,
+    ErrorCode.POLICY_PURPOSE_MISSING,
+    ErrorCode.POLICY_SIZE,
+    ErrorCode.POLICY_NO_REQUEST,
+    ErrorCode.POLICY_RATE,
+)
 
 
 def find_agreement(
@@ -136,7 +134,7 @@ class Decision:
     """The engine's answer: allow or deny, with a stable code and the rule that decided."""
 
     allowed: bool
-    code: str
+    code: ErrorCode
     rule: str
     reason: str
     agreement_id: str | None
@@ -144,10 +142,10 @@ class Decision:
     retry_after: float | None = None
 
 
-def _deny(code: Code, rule: str, reason: str, agreement: Agreement | None) -> Decision:
+def _deny(code: ErrorCode, rule: str, reason: str, agreement: Agreement | None) -> Decision:
     return Decision(
         allowed=False,
-        code=code.value,
+        code=code,
         rule=rule,
         reason=reason,
         agreement_id=agreement.id if agreement else None,
@@ -167,7 +165,7 @@ def evaluate(agreement: Agreement | None, request: PolicyRequest) -> Decision:
     r = request
     if agreement is None:
         return _deny(
-            Code.NO_AGREEMENT,
+            ErrorCode.POLICY_NO_AGREEMENT,
             "agreement",
             f"no agreement governs {r.message_type} from {r.sender} to {r.receiver}",
             None,
@@ -175,26 +173,28 @@ def evaluate(agreement: Agreement | None, request: PolicyRequest) -> Decision:
     a = agreement
     if r.sender not in a.parties or r.receiver not in a.parties or r.sender == r.receiver:
         return _deny(
-            Code.NOT_PARTY,
+            ErrorCode.POLICY_NOT_PARTY,
             "parties",
             f"agreement {a.id} is between {a.parties[0]} and {a.parties[1]}, "
             f"not from {r.sender} to {r.receiver}",
             a,
         )
     if a.status != "active":
-        code = Code.TERMINATED if a.status == "terminated" else Code.SUSPENDED
+        code = (
+            ErrorCode.POLICY_TERMINATED if a.status == "terminated" else ErrorCode.POLICY_SUSPENDED
+        )
         return _deny(code, "status", f"agreement {a.id} is {a.status}: {a.status_reason}", a)
     c = a._c
     if r.at < c.starts:
         return _deny(
-            Code.NOT_YET_VALID,
+            ErrorCode.POLICY_NOT_YET_VALID,
             "valid_from",
             f"agreement {a.id} is valid from {a.valid_from.isoformat()}",
             a,
         )
     if r.at >= c.ends:
         return _deny(
-            Code.EXPIRED,
+            ErrorCode.POLICY_EXPIRED,
             "valid_until",
             f"agreement {a.id} expired after {a.valid_until.isoformat()}",
             a,
@@ -202,7 +202,7 @@ def evaluate(agreement: Agreement | None, request: PolicyRequest) -> Decision:
     compiled = c.flows.get((r.sender, r.receiver))
     if compiled is None:
         return _deny(
-            Code.MESSAGE_TYPE,
+            ErrorCode.POLICY_MESSAGE_TYPE,
             f"flows.{r.sender}->{r.receiver}",
             f"agreement {a.id} allows no messages from {r.sender} to {r.receiver}",
             a,
@@ -210,7 +210,7 @@ def evaluate(agreement: Agreement | None, request: PolicyRequest) -> Decision:
     flow = compiled.flow
     if r.message_type not in flow.message_types:
         return _deny(
-            Code.MESSAGE_TYPE,
+            ErrorCode.POLICY_MESSAGE_TYPE,
             f"{compiled.rule}.message_types",
             f"agreement {a.id} does not allow {r.message_type} from {r.sender} to {r.receiver} "
             f"(allowed: {_names(flow.message_types)})",
@@ -218,7 +218,7 @@ def evaluate(agreement: Agreement | None, request: PolicyRequest) -> Decision:
         )
     if r.payload_format not in flow.payload_formats:
         return _deny(
-            Code.FORMAT,
+            ErrorCode.POLICY_FORMAT,
             f"{compiled.rule}.payload_formats",
             f"payload format {r.payload_format} is not allowed from {r.sender} to {r.receiver} "
             f"(allowed: {_names(flow.payload_formats)})",
@@ -229,14 +229,14 @@ def evaluate(agreement: Agreement | None, request: PolicyRequest) -> Decision:
         extra = categories - compiled.nonpersonal - {"personal"}
         if extra:
             return _deny(
-                Code.DATA_CATEGORY,
+                ErrorCode.POLICY_DATA_CATEGORY,
                 f"{compiled.rule}.data_categories",
                 f"the message contains {_names(extra)} data, which agreement {a.id} does not "
                 f"allow from {r.sender} to {r.receiver}",
                 a,
             )
         return _deny(
-            Code.PERSONAL_DATA,
+            ErrorCode.POLICY_PERSONAL_DATA,
             f"{compiled.rule}.personal_data",
             f"the message contains personal data, which agreement {a.id} does not allow "
             f"from {r.sender} to {r.receiver}",
@@ -245,7 +245,7 @@ def evaluate(agreement: Agreement | None, request: PolicyRequest) -> Decision:
     declared = r.declared_categories
     if declared is not None and not categories <= declared:
         return _deny(
-            Code.DATA_CATEGORY,
+            ErrorCode.POLICY_DATA_CATEGORY,
             "declared_categories",
             f"the message contains {_names(categories - declared)} data it does not declare",
             a,
@@ -254,21 +254,21 @@ def evaluate(agreement: Agreement | None, request: PolicyRequest) -> Decision:
         r.purpose and r.purpose.strip() and r.legal_basis and r.legal_basis.strip()
     ):
         return _deny(
-            Code.PURPOSE_MISSING,
+            ErrorCode.POLICY_PURPOSE_MISSING,
             f"{compiled.rule}.purpose_required",
             f"{r.message_type} under agreement {a.id} must state a purpose and a legal basis",
             a,
         )
     if r.size > flow.max_size_bytes:
         return _deny(
-            Code.SIZE,
+            ErrorCode.POLICY_SIZE,
             f"{compiled.rule}.max_size_bytes",
             f"the payload is {r.size} bytes, more than the {flow.max_size_bytes} allowed",
             a,
         )
     if r.answers_known_request is False and r.message_type in REPLY_TYPES:
         return _deny(
-            Code.NO_REQUEST,
+            ErrorCode.POLICY_NO_REQUEST,
             "known_request",
             f"the {r.message_type} answers no request known under agreement {a.id}",
             a,
@@ -277,7 +277,7 @@ def evaluate(agreement: Agreement | None, request: PolicyRequest) -> Decision:
         wait = r.retry_after if r.retry_after is not None else 60.0 / flow.rate_per_minute
         return Decision(
             allowed=False,
-            code=Code.RATE.value,
+            code=ErrorCode.POLICY_RATE,
             rule=f"{compiled.rule}.rate_per_minute",
             reason=(
                 f"more than {flow.rate_per_minute:g} messages per minute from {r.sender} to "
@@ -296,7 +296,7 @@ def _allow(compiled: Any, direction: str, message_type: str) -> Decision:
         sender, _, receiver = compiled.key.partition("->")
         decision = compiled.allow[(direction, message_type)] = Decision(
             allowed=True,
-            code=Code.ALLOW.value,
+            code=ErrorCode.POLICY_ALLOW,
             rule=compiled.rule,
             reason=(
                 f"agreement {compiled.agreement_id} allows {message_type} "

@@ -37,7 +37,7 @@ from aio_pika.abc import (
 )
 
 from gateway.contract import AmqpHeader
-from gateway.errors import RelayError
+from gateway.errors import ErrorCode, RelayError
 from gateway.relay.message import IncomingMessage
 from gateway.relay.topology import Names, topology, url_user, url_vhost
 
@@ -214,16 +214,17 @@ class Relay:
             )
         except aiormq.exceptions.PublishError as exc:
             raise RelayError(
-                f"{exchange}/{routing_key}: unroutable", code="RELAY_RETURNED"
+                f"{exchange}/{routing_key}: unroutable", code=ErrorCode.RELAY_RETURNED
             ) from exc
         except aiormq.exceptions.DeliveryError as exc:
             raise RelayError(
-                f"{exchange}/{routing_key}: the broker refused the message", code="RELAY_NACKED"
+                f"{exchange}/{routing_key}: the broker refused the message",
+                code=ErrorCode.RELAY_NACKED,
             ) from exc
         except (TimeoutError, aiormq.exceptions.AMQPError, OSError, RuntimeError) as exc:
             raise RelayError(
                 f"{exchange}/{routing_key}: publish not confirmed ({exc!r})",
-                code="RELAY_UNCONFIRMED",
+                code=ErrorCode.RELAY_UNCONFIRMED,
             ) from exc
 
     async def publish_event(self, partner: str, status: str, event: Mapping[str, Any]) -> None:
@@ -336,14 +337,14 @@ def broker_error(exc: BaseException, url: str) -> RelayError:
         return RelayError(
             f"the broker at {where} refused the login of user {user!r} (ACCESS_REFUSED): "
             "check the user name and password in broker.url",
-            code="RELAY_ACCESS_REFUSED",
+            code=ErrorCode.RELAY_ACCESS_REFUSED,
         )
     reply = _close_reply(exc)
     if reply is not None and reply[0] in (403, 530):
         name = "ACCESS_REFUSED" if reply[0] == 403 else "NOT_ALLOWED"
         return RelayError(
             f"the broker at {where} refused ({reply[1] or name})",
-            code=f"RELAY_{name}",
+            code=ErrorCode.RELAY_ACCESS_REFUSED if reply[0] == 403 else ErrorCode.RELAY_NOT_ALLOWED,
         )
     if isinstance(exc, aiormq.exceptions.InvalidFrameError) and "Connection.Close" in str(exc):
         # RabbitMQ answers the Connection.Open of a vhost it will not open with a
@@ -353,18 +354,18 @@ def broker_error(exc: BaseException, url: str) -> RelayError:
             "(NOT_ALLOWED): the vhost does not exist or the user has no permissions on it "
             f"(rabbitmqctl add_vhost {vhost}; rabbitmqctl set_permissions -p {vhost} {user} "
             "'.*' '.*' '.*'), or broker.url names the wrong one",
-            code="RELAY_NOT_ALLOWED",
+            code=ErrorCode.RELAY_NOT_ALLOWED,
         )
     if isinstance(exc, aiormq.exceptions.ChannelAccessRefused):
         return RelayError(
             f"the broker at {where} refused user {user!r} access: {_text(exc)}",
-            code="RELAY_ACCESS_REFUSED",
+            code=ErrorCode.RELAY_ACCESS_REFUSED,
         )
     if isinstance(exc, aiormq.exceptions.ChannelPreconditionFailed):
         return RelayError(
             f"the broker at {where} holds an object of that name with other arguments: "
             f"{_text(exc)}",
-            code="RELAY_PRECONDITION_FAILED",
+            code=ErrorCode.RELAY_PRECONDITION_FAILED,
         )
     return RelayError(f"cannot reach the broker at {where}: {exc}")
 

@@ -53,7 +53,7 @@ from gateway.audit.chain import AuditEvent
 from gateway.audit.log import AuditLog
 from gateway.ca import inspect
 from gateway.config.models import Settings
-from gateway.errors import AuditError, AuthError, ConfigError, GatewayError, RelayError
+from gateway.errors import AuditError, AuthError, ConfigError, ErrorCode, GatewayError, RelayError
 from gateway.partner_client.client import PartnerClient, PartnerLink
 from gateway.pipeline.inbound import InboundPipeline
 from gateway.pipeline.outbound import OutboundPipeline
@@ -346,7 +346,7 @@ class Gateway:
             AuditEvent(
                 event="auth_failure",
                 outcome="refused",
-                code="AUTH_OPERATOR_REQUIRED",
+                code=ErrorCode.AUTH_OPERATOR_REQUIRED,
                 reason=reason,
                 details={"peer": peer, "listener": "admin"},
             )
@@ -528,7 +528,7 @@ class Gateway:
                     event="crl_fetched",
                     partner=partner_id,
                     outcome="ok",
-                    code="CRL_INSTALLED",
+                    code=ErrorCode.CRL_INSTALLED,
                     reason=f"a newer CRL of {partner_id} is in force",
                     actor="system",
                     details={"source": source, **about},
@@ -694,7 +694,7 @@ class Gateway:
                 event="operator_action",
                 actor=actor,
                 outcome="ok",
-                code="RELOAD_OK",
+                code=ErrorCode.RELOAD_OK,
                 reason=result.reason,
                 details={
                     "action": "reload",
@@ -880,7 +880,7 @@ async def _listen(
         raise ConfigError(
             f"[{setting}] {host}:{port}: "
             + ("address already in use (another process listens there)" if in_use else str(exc)),
-            code="CONFIG_PORT_IN_USE" if in_use else "CONFIG_LISTEN_FAILED",
+            code=ErrorCode.CONFIG_PORT_IN_USE if in_use else ErrorCode.CONFIG_LISTEN_FAILED,
         ) from None
     # asyncio would listen only when serving starts; until a socket listens, another
     # process may bind the same port too (SO_REUSEADDR) and one of them would fail late

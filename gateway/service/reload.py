@@ -28,7 +28,7 @@ from gateway.api.admin import AdminAuth
 from gateway.audit.chain import AuditEvent
 from gateway.config.files import load_settings
 from gateway.config.models import Settings
-from gateway.errors import AuthError, ConfigError, GatewayError
+from gateway.errors import AuthError, ConfigError, ErrorCode, GatewayError
 from gateway.pem import load_cert
 from gateway.trust.identity import TrustStore, peer_der
 from gateway.xml.signature import Signer
@@ -71,7 +71,7 @@ class ReloadResult:
 
     ok: bool
     actor: str
-    code: str = "RELOAD_OK"
+    code: str = ErrorCode.RELOAD_OK
     reason: str = ""
     added: tuple[str, ...] = ()
     removed: tuple[str, ...] = ()
@@ -105,7 +105,7 @@ def load_material(path: Path, current: Settings) -> Material:
     if changed:
         raise ConfigError(
             f"{path}: {', '.join(changed)} changed; these take effect only after a restart",
-            code="CONFIG_RESTART_REQUIRED",
+            code=ErrorCode.CONFIG_RESTART_REQUIRED,
         )
     trust = TrustStore(settings.partners)
     server_context = trust.server_context(settings.tls)
@@ -179,7 +179,7 @@ def _agreement_changes(old: Settings, new: Settings, actor: str) -> list[AuditEv
                 agreement=agreement_id,
                 actor=actor,
                 outcome="ok",
-                code=f"AGREEMENT_{what.upper()}",
+                code=ErrorCode(f"AGREEMENT_{what.upper()}"),
                 reason=f"agreement {agreement_id} {what} by reload",
                 details={
                     "action": "agreement_change",

@@ -32,7 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from gateway.errors import GatewayError, StoreError
+from gateway.errors import ErrorCode, GatewayError, StoreError
 from gateway.health import Health
 from gateway.state.store import Claim, DeadLetter
 
@@ -203,12 +203,12 @@ class Store:
                     # _run already made an sqlite3 error a StoreError: keep its reason
                     reason = exc.reason if isinstance(exc, GatewayError) else str(exc)
                     outcomes = [(False, StoreError(reason)) for _ in batch]
-                    self.health.failed("STORE_FAILED", reason)
+                    self.health.failed(ErrorCode.STORE_FAILED, reason)
                 else:
                     if io_failed is None:
                         self.health.succeeded()
                     else:
-                        self.health.failed("STORE_FAILED", io_failed)
+                        self.health.failed(ErrorCode.STORE_FAILED, io_failed)
                 for (_, future), (ok, value) in zip(batch, outcomes, strict=True):
                     if not future.done():
                         if ok:

@@ -36,7 +36,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from gateway.config.models import Partner
-from gateway.errors import CrlError
+from gateway.errors import CrlError, ErrorCode
 from gateway.pem import write_crl
 from gateway.trust.identity import PartnerTrust, crl_signed_by
 
@@ -171,7 +171,7 @@ async def download(url: str, *, timeout: float, max_bytes: int) -> bytes:
         ):
             if response.status != 200:
                 raise CrlError(
-                    f"{url} answered HTTP {response.status}", code="CRL_FETCH_HTTP", url=url
+                    f"{url} answered HTTP {response.status}", code=ErrorCode.CRL_FETCH_HTTP, url=url
                 )
             if (response.content_length or 0) > max_bytes:
                 raise _too_large(url, max_bytes)
@@ -182,12 +182,14 @@ async def download(url: str, *, timeout: float, max_bytes: int) -> bytes:
     except (aiohttp.ClientError, TimeoutError, OSError) as exc:
         reason = str(exc) or type(exc).__name__
         raise CrlError(
-            f"{url} could not be fetched: {reason}", code="CRL_FETCH_UNREACHABLE", url=url
+            f"{url} could not be fetched: {reason}", code=ErrorCode.CRL_FETCH_UNREACHABLE, url=url
         ) from None
 
 
 def _too_large(url: str, max_bytes: int) -> CrlError:
-    return CrlError(f"{url} sent more than {max_bytes} bytes", code="CRL_FETCH_TOO_LARGE", url=url)
+    return CrlError(
+        f"{url} sent more than {max_bytes} bytes", code=ErrorCode.CRL_FETCH_TOO_LARGE, url=url
+    )
 
 
 def parse(data: bytes) -> x509.CertificateRevocationList:
@@ -198,7 +200,7 @@ def parse(data: bytes) -> x509.CertificateRevocationList:
         return x509.load_der_x509_crl(data)
     except ValueError:
         raise CrlError(
-            "the answer is not a CRL (neither PEM nor DER)", code="CRL_FETCH_CORRUPT"
+            "the answer is not a CRL (neither PEM nor DER)", code=ErrorCode.CRL_FETCH_CORRUPT
         ) from None
 
 
@@ -215,12 +217,12 @@ def accept(
         raise CrlError(
             f"the CRL ({new.issuer.rfc4514_string()}) is not signed by the CA of "
             f"{trust.partner_id}",
-            code="CRL_FETCH_WRONG_SIGNER",
+            code=ErrorCode.CRL_FETCH_WRONG_SIGNER,
         )
     if new.next_update_utc is not None and new.next_update_utc < now:
         raise CrlError(
             f"the CRL is past its nextUpdate ({_iso(new.next_update_utc)})",
-            code="CRL_FETCH_STALE",
+            code=ErrorCode.CRL_FETCH_STALE,
         )
     current = trust.crl
     if current is None:
@@ -237,7 +239,7 @@ def accept(
         raise CrlError(
             f"the CRL (number {new_n}, lastUpdate {_iso(new.last_update_utc)}) is not newer "
             f"than the one in force (number {old_n}, lastUpdate {_iso(current.last_update_utc)})",
-            code="CRL_FETCH_OLDER",
+            code=ErrorCode.CRL_FETCH_OLDER,
         )
     return True
 
@@ -279,7 +281,7 @@ async def fetch(
             error=CrlError(
                 f"no CRL source for {trust.partner_id}: set crl_url, or crl for a "
                 "distribution point to be used",
-                code="CRL_FETCH_NO_SOURCE",
+                code=ErrorCode.CRL_FETCH_NO_SOURCE,
             ),
         )
     error: CrlError | None = None

@@ -34,7 +34,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from gateway.config.models import Partner, TlsSection
-from gateway.errors import AuthError, ConfigError, GatewayError
+from gateway.errors import AuthError, ConfigError, ErrorCode, GatewayError
 from gateway.pem import load_certs, load_crl, serial_hex, spki_pin
 
 log = structlog.get_logger(__name__)
@@ -132,7 +132,7 @@ class TrustStore:
     def authenticate(self, der: bytes | None, *, now: datetime | None = None) -> str:
         """The partner a new connection's client certificate belongs to, or ``AuthError``."""
         if not der:
-            raise AuthError("no client certificate", code="AUTH_NO_CERTIFICATE")
+            raise AuthError("no client certificate", code=ErrorCode.AUTH_NO_CERTIFICATE)
         if now is None:
             hit = self._memo.get(der)
             if hit is not None and datetime.now(UTC) < hit[1]:
@@ -142,7 +142,7 @@ class TrustStore:
         if not candidates:
             raise AuthError(
                 f"certificate {_subject(cert)} is not issued by any partner's CA",
-                code="AUTH_UNKNOWN_ISSUER",
+                code=ErrorCode.AUTH_UNKNOWN_ISSUER,
             )
         pin = spki_pin(cert)
         pinned = [c for c in candidates if pin in c[0].pins]
@@ -152,13 +152,13 @@ class TrustStore:
             raise AuthError(
                 f"certificate {_subject(cert)} does not match the pins of partner "
                 f"{candidates[0][0].partner_id}",
-                code="AUTH_PIN_MISMATCH",
+                code=ErrorCode.AUTH_PIN_MISMATCH,
                 partner=candidates[0][0].partner_id,
             )
         if len(matches) > 1:
             raise AuthError(
                 "certificate matches several partners; configure pins to tell them apart",
-                code="AUTH_AMBIGUOUS",
+                code=ErrorCode.AUTH_AMBIGUOUS,
             )
         trust, ca = matches[0]
         moment = now or datetime.now(UTC)
@@ -179,15 +179,17 @@ class TrustStore:
         trust = self.partners.get(partner_id)
         if trust is None:
             return AuthError(
-                f"partner {partner_id} was removed", code="AUTH_PARTNER_REMOVED", partner=partner_id
+                f"partner {partner_id} was removed",
+                code=ErrorCode.AUTH_PARTNER_REMOVED,
+                partner=partner_id,
             )
         if not der:
-            return AuthError("no client certificate", code="AUTH_NO_CERTIFICATE")
+            return AuthError("no client certificate", code=ErrorCode.AUTH_NO_CERTIFICATE)
         cert = x509.load_der_x509_certificate(der)
         if _revoked(cert, trust):
             return AuthError(
                 f"certificate {_subject(cert)} serial {serial_hex(cert.serial_number)} is revoked",
-                code="AUTH_REVOKED",
+                code=ErrorCode.AUTH_REVOKED,
                 partner=partner_id,
             )
         return None
@@ -209,7 +211,7 @@ class TrustStore:
         if trust.signing_certs and not good:
             raise AuthError(
                 f"every signing certificate of {partner_id} is revoked",
-                code="AUTH_REVOKED",
+                code=ErrorCode.AUTH_REVOKED,
                 partner=partner_id,
             )
         return good
@@ -243,12 +245,12 @@ class TrustStore:
         """Pins and revocation of a partner gateway's server certificate."""
         trust = self.partners[partner_id]
         if not der:
-            raise AuthError("partner presented no certificate", code="AUTH_NO_CERTIFICATE")
+            raise AuthError("partner presented no certificate", code=ErrorCode.AUTH_NO_CERTIFICATE)
         cert = x509.load_der_x509_certificate(der)
         if trust.pins and spki_pin(cert) not in trust.pins:
             raise AuthError(
                 f"server certificate of {partner_id} does not match its pins",
-                code="AUTH_PIN_MISMATCH",
+                code=ErrorCode.AUTH_PIN_MISMATCH,
                 partner=partner_id,
             )
         check_certificate(cert, trust)
@@ -268,20 +270,20 @@ def check_certificate(
         raise AuthError(
             f"certificate {_subject(cert)} is not valid before "
             f"{cert.not_valid_before_utc:%Y-%m-%d}",
-            code="AUTH_NOT_YET_VALID",
+            code=ErrorCode.AUTH_NOT_YET_VALID,
             partner=trust.partner_id,
         )
     if now > cert.not_valid_after_utc:
         raise AuthError(
             f"certificate {_subject(cert)} expired on {cert.not_valid_after_utc:%Y-%m-%d}",
-            code="AUTH_EXPIRED",
+            code=ErrorCode.AUTH_EXPIRED,
             partner=trust.partner_id,
         )
     _check_crl_fresh(trust, now)
     if _revoked(cert, trust):
         raise AuthError(
             f"certificate {_subject(cert)} serial {serial_hex(cert.serial_number)} is revoked",
-            code="AUTH_REVOKED",
+            code=ErrorCode.AUTH_REVOKED,
             partner=trust.partner_id,
         )
 
@@ -301,7 +303,7 @@ def _check_crl_fresh(trust: PartnerTrust, now: datetime) -> None:
     if trust.crl_stale == "refuse":
         raise AuthError(
             f"the CRL of {trust.partner_id} is past its nextUpdate",
-            code="AUTH_CRL_STALE",
+            code=ErrorCode.AUTH_CRL_STALE,
             partner=trust.partner_id,
         )
     if (trust.partner_id, next_update) not in _warned_stale:
@@ -320,7 +322,7 @@ def _check_ca(ca: x509.Certificate, trust: PartnerTrust, now: datetime) -> None:
     if not ca.not_valid_before_utc <= now <= ca.not_valid_after_utc:
         raise AuthError(
             f"the CA {_subject(ca)} of {trust.partner_id} is outside its validity",
-            code="AUTH_CA_EXPIRED",
+            code=ErrorCode.AUTH_CA_EXPIRED,
             partner=trust.partner_id,
         )
 
@@ -357,7 +359,7 @@ def _load_partner(partner: Partner, now: datetime, allow_stale_crl: bool = False
     if crl is not None and not any(crl_signed_by(crl, ca) for ca in cas):
         raise ConfigError(
             f"partner {partner.id}: {partner.crl}: the CRL is not signed by the partner's CA",
-            code="CONFIG_CRL_ISSUER",
+            code=ErrorCode.CONFIG_CRL_ISSUER,
         )
     next_update = crl.next_update_utc if crl is not None else None
     stale = next_update is not None and next_update < now
@@ -367,7 +369,7 @@ def _load_partner(partner: Partner, now: datetime, allow_stale_crl: bool = False
             f"partner {partner.id}: {partner.crl}: the CRL is past its nextUpdate "
             f"({next_update:%Y-%m-%dT%H:%M:%SZ}); install a current one (`maagw certs fetch-crl`) "
             'or set crl_stale = "warn" for this partner',
-            code="CONFIG_CRL_STALE",
+            code=ErrorCode.CONFIG_CRL_STALE,
             partner=partner.id,
         )
     return PartnerTrust(

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.errors import (
-    EnvelopeError,
-)
+from gateway.errors import EnvelopeError, ErrorCode
 
 
 def encode_multipart(parts: list[bytes], boundary: str) -> bytes:
@@ -32,17 +30,21 @@ def decode_multipart(body: bytes, content_type: str) -> list[bytes]:
         if key.lower() == "boundary":
             boundary = value.strip().strip('"')
     if not boundary or len(boundary) > 70:
-        raise EnvelopeError("multipart body without a valid boundary", code="ENVELOPE_BATCH")
+        raise EnvelopeError(
+            "multipart body without a valid boundary", code=ErrorCode.ENVELOPE_BATCH
+        )
     delimiter = b"--" + boundary.encode("ascii", "replace")
     chunks = body.split(delimiter)
     if len(chunks) < 3 or not chunks[-1].startswith(b"--"):
-        raise EnvelopeError("multipart body is not closed", code="ENVELOPE_BATCH")
+        raise EnvelopeError("multipart body is not closed", code=ErrorCode.ENVELOPE_BATCH)
     parts: list[bytes] = []
     for chunk in chunks[1:-1]:
         _headers, sep, content = chunk.partition(b"\r\n\r\n")
         if not sep:
-            raise EnvelopeError("multipart part without headers", code="ENVELOPE_BATCH")
+            raise EnvelopeError("multipart part without headers", code=ErrorCode.ENVELOPE_BATCH)
         parts.append(content.removesuffix(b"\r\n"))
     if not parts or len(parts) > MAX_BATCH:
-        raise EnvelopeError(f"a batch holds 1 to {MAX_BATCH} envelopes", code="ENVELOPE_BATCH")
+        raise EnvelopeError(
+            f"a batch holds 1 to {MAX_BATCH} envelopes", code=ErrorCode.ENVELOPE_BATCH
+        )
     return parts

@@ -21,7 +21,7 @@ from typing import Literal
 
 from lxml import etree
 
-from gateway.errors import AuthError, EnvelopeError, SignatureError
+from gateway.errors import AuthError, EnvelopeError, ErrorCode, SignatureError
 
 #: how long (sender, message id) is remembered; envelopes older than this are SIG_STALE
 DUPLICATE_RETENTION_SECONDS = 7 * 24 * 3600
@@ -104,7 +104,7 @@ def validate(root: etree._Element) -> None:
     xsd = schema()
     if not xsd.validate(root):
         err = xsd.error_log[0]
-        raise EnvelopeError(f"line {err.line}: {err.message}", code="SCHEMA_INVALID")
+        raise EnvelopeError(f"line {err.line}: {err.message}", code=ErrorCode.SCHEMA_INVALID)
 
 
 def new_id() -> str:
@@ -151,7 +151,9 @@ def build_envelope(header: Header, payload: bytes, media_type: str) -> etree._El
 def parse_envelope(root: etree._Element) -> Envelope:
     """Schema-validate a (verified) envelope root and read it."""
     if root.tag != f"{_E}Envelope":
-        raise EnvelopeError(f"root element is {root.tag}, not an envelope", code="SCHEMA_INVALID")
+        raise EnvelopeError(
+            f"root element is {root.tag}, not an envelope", code=ErrorCode.SCHEMA_INVALID
+        )
     validate(root)
     head = root.find(f"{_E}Header")
     body = root.find(f"{_E}Payload")
@@ -175,7 +177,9 @@ def parse_envelope(root: etree._Element) -> Envelope:
     if body.get("encoding") == "xml":
         children = [c for c in body if isinstance(c.tag, str)]
         if len(children) != 1:
-            raise EnvelopeError("an XML payload must be exactly one element", code="SCHEMA_INVALID")
+            raise EnvelopeError(
+                "an XML payload must be exactly one element", code=ErrorCode.SCHEMA_INVALID
+            )
         # a copy without the envelope's namespace declarations that are in scope but unused
         element = copy.deepcopy(children[0])
         etree.cleanup_namespaces(element)
@@ -187,7 +191,9 @@ def parse_envelope(root: etree._Element) -> Envelope:
         try:
             payload = base64.b64decode("".join(body.itertext()), validate=False)
         except (binascii.Error, ValueError) as exc:
-            raise EnvelopeError(f"payload is not base64: {exc}", code="SCHEMA_INVALID") from None
+            raise EnvelopeError(
+                f"payload is not base64: {exc}", code=ErrorCode.SCHEMA_INVALID
+            ) from None
     return Envelope(header=header, payload=payload, media_type=media_type)
 
 
@@ -221,7 +227,9 @@ def build_receipt(
 def parse_receipt(root: etree._Element) -> Receipt:
     """Schema-validate a (verified) receipt root and read it."""
     if root.tag != f"{_E}Receipt":
-        raise EnvelopeError(f"root element is {root.tag}, not a receipt", code="SCHEMA_INVALID")
+        raise EnvelopeError(
+            f"root element is {root.tag}, not a receipt", code=ErrorCode.SCHEMA_INVALID
+        )
     validate(root)
     entries = tuple(
         ReceiptEntry(
@@ -266,10 +274,10 @@ def _parse_embedded(payload: bytes) -> etree._Element:
         element = etree.fromstring(payload, parser)
     except etree.XMLSyntaxError as exc:
         raise EnvelopeError(
-            f"payload is not well-formed XML: {exc}", code="SCHEMA_INVALID"
+            f"payload is not well-formed XML: {exc}", code=ErrorCode.SCHEMA_INVALID
         ) from None
     if element.getroottree().docinfo.doctype:
-        raise EnvelopeError("payload has a DOCTYPE", code="XML_UNSAFE")
+        raise EnvelopeError("payload has a DOCTYPE", code=ErrorCode.XML_UNSAFE)
     return element
 
 
@@ -281,7 +289,7 @@ def _sub(parent: etree._Element, name: str, value: str | None) -> None:
 def _text(parent: etree._Element, name: str) -> str:
     el = parent.find(f"{_E}{name}")
     if el is None:
-        raise EnvelopeError(f"missing {name}", code="SCHEMA_INVALID")
+        raise EnvelopeError(f"missing {name}", code=ErrorCode.SCHEMA_INVALID)
     # itertext joins the text around comments, so a comment cannot truncate a value
     return "".join(el.itertext()).strip()
 
@@ -300,18 +308,18 @@ def check_header(head: Header, *, sender: str, receiver: str) -> None:
     if head.sender != sender:
         raise AuthError(
             f"envelope sender {head.sender} is not the authenticated partner {sender}",
-            code="AUTH_SENDER_MISMATCH",
+            code=ErrorCode.AUTH_SENDER_MISMATCH,
         )
     if head.receiver != receiver:
         raise EnvelopeError(
             f"envelope is addressed to {head.receiver}, not to {receiver}",
-            code="ENVELOPE_WRONG_RECEIVER",
+            code=ErrorCode.ENVELOPE_WRONG_RECEIVER,
         )
     now = datetime.now(UTC)
     if head.created < now - timedelta(seconds=DUPLICATE_RETENTION_SECONDS):
-        raise SignatureError("envelope is older than the replay window", code="SIG_STALE")
+        raise SignatureError("envelope is older than the replay window", code=ErrorCode.SIG_STALE)
     if head.created > now + timedelta(seconds=FUTURE_SKEW_SECONDS):
-        raise SignatureError("envelope is created in the future", code="SIG_STALE")
+        raise SignatureError("envelope is created in the future", code=ErrorCode.SIG_STALE)
 
 
 def peek_created(root: etree._Element) -> datetime | None:

@@ -21,7 +21,7 @@ import threading
 
 from lxml import etree
 
-from gateway.errors import EnvelopeError
+from gateway.errors import EnvelopeError, ErrorCode
 
 DEFAULT_MAX_BYTES = 10 * 1024 * 1024
 
@@ -86,24 +86,26 @@ def parse(
     if len(data) > max_bytes:
         raise EnvelopeError(
             f"document of {len(data)} bytes exceeds the limit of {max_bytes} bytes",
-            code="SIZE_LIMIT",
+            code=ErrorCode.SIZE_LIMIT,
         )
     # Cheap early refusal for the common (ASCII-compatible) encodings; the docinfo
     # check below catches a DOCTYPE in any other encoding.
     if b"<!DOCTYPE" in data or b"<!ENTITY" in data:
-        raise EnvelopeError("a DOCTYPE declaration is not allowed", code="XML_UNSAFE")
+        raise EnvelopeError("a DOCTYPE declaration is not allowed", code=ErrorCode.XML_UNSAFE)
     try:
         root = etree.fromstring(data, _parser())
     except etree.XMLSyntaxError as exc:
         last = exc.error_log.last_error if exc.error_log else None
         if last is not None and last.type in _UNSAFE_ERRORS:
-            raise EnvelopeError(f"unsafe XML: {last.message}", code="XML_UNSAFE") from exc
-        raise EnvelopeError(f"not well-formed XML: {exc}", code="SCHEMA_INVALID") from exc
+            raise EnvelopeError(f"unsafe XML: {last.message}", code=ErrorCode.XML_UNSAFE) from exc
+        raise EnvelopeError(f"not well-formed XML: {exc}", code=ErrorCode.SCHEMA_INVALID) from exc
     docinfo = root.getroottree().docinfo
     if docinfo.doctype or docinfo.internalDTD is not None or docinfo.externalDTD is not None:
-        raise EnvelopeError("a DOCTYPE declaration is not allowed", code="XML_UNSAFE")
+        raise EnvelopeError("a DOCTYPE declaration is not allowed", code=ErrorCode.XML_UNSAFE)
     if _too_deep(max_depth)(root):
-        raise EnvelopeError(f"elements nested deeper than {max_depth} levels", code="XML_UNSAFE")
+        raise EnvelopeError(
+            f"elements nested deeper than {max_depth} levels", code=ErrorCode.XML_UNSAFE
+        )
     return root
 
 

@@ -53,7 +53,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from lxml import etree
 
-from gateway.errors import ConfigError, SignatureError
+from gateway.errors import ConfigError, ErrorCode, SignatureError
 from gateway.pem import cert_sha256, serial_hex
 from gateway.xml import safe as xmlsafe
 
@@ -238,7 +238,9 @@ class Signer:
         if root.getparent() is not None:
             raise ValueError("sign() takes the root element of a document")
         if next(root.iter(_ds("Signature")), None) is not None:
-            raise SignatureError("the document already carries a Signature", code="SIG_PROFILE")
+            raise SignatureError(
+                "the document already carries a Signature", code=ErrorCode.SIG_PROFILE
+            )
         sig = xmlsec.template.create(root, _T.TransformExclC14N, self._method, ns="ds")
         root.append(sig)
         ref = xmlsec.template.add_reference(sig, _T.TransformSha256, uri="")
@@ -250,7 +252,7 @@ class Signer:
             ctx.sign(sig)
         except xmlsec.Error as exc:
             root.remove(sig)
-            raise SignatureError(f"signing failed: {exc}", code="SIG_INVALID") from exc
+            raise SignatureError(f"signing failed: {exc}", code=ErrorCode.SIG_INVALID) from exc
         key_info = etree.SubElement(sig, _ds("KeyInfo"))
         key_info.text = sig.text
         x509_data = etree.SubElement(key_info, _ds("X509Data"))
@@ -284,9 +286,13 @@ def verify_detached_bytes(data: bytes, signature: bytes, cert: x509.Certificate)
         elif isinstance(key, rsa.RSAPublicKey):
             key.verify(signature, data, padding.PKCS1v15(), hashes.SHA256())
         else:
-            raise SignatureError("certificate key must be ECDSA or RSA", code="SIG_ALGORITHM")
+            raise SignatureError(
+                "certificate key must be ECDSA or RSA", code=ErrorCode.SIG_ALGORITHM
+            )
     except InvalidSignature as exc:
-        raise SignatureError("detached signature does not verify", code="SIG_INVALID") from exc
+        raise SignatureError(
+            "detached signature does not verify", code=ErrorCode.SIG_INVALID
+        ) from exc
 
 
 def verify(
@@ -323,7 +329,7 @@ def verify(
     sig = _the_signature(root)
     signed_info = next(iter(_elements(sig)), None)
     if signed_info is None or signed_info.tag != _ds("SignedInfo"):
-        raise SignatureError("Signature must start with SignedInfo", code="SIG_PROFILE")
+        raise SignatureError("Signature must start with SignedInfo", code=ErrorCode.SIG_PROFILE)
     # Algorithms first, so that a partner learns the real reason for a weak signature.
     c14n, method = _check_signed_info(signed_info, strict)
     key_info = _check_signature_children(sig, strict)
@@ -350,7 +356,7 @@ def verify(
     except xmlsec.Error as exc:
         raise SignatureError(
             f"signature does not verify: {exc}",
-            code="SIG_INVALID",
+            code=ErrorCode.SIG_INVALID,
             signer_cert_sha256=cert_sha256(signer),
         ) from exc
     if evidence is None:
@@ -363,10 +369,10 @@ def _the_signature(root: etree._Element) -> etree._Element:
     """Return the document's only ``ds:Signature``."""
     signatures = list(root.iter(_ds("Signature")))
     if not signatures:
-        raise SignatureError("the document carries no XML Signature", code="SIG_MISSING")
+        raise SignatureError("the document carries no XML Signature", code=ErrorCode.SIG_MISSING)
     if len(signatures) > 1:
         raise SignatureError(
-            f"exactly one Signature is allowed, found {len(signatures)}", code="SIG_PROFILE"
+            f"exactly one Signature is allowed, found {len(signatures)}", code=ErrorCode.SIG_PROFILE
         )
     return signatures[0]
 
@@ -382,7 +388,7 @@ def _check_signature_children(sig: etree._Element, strict: bool) -> etree._Eleme
     names = [child.tag for child in children]
     if names[:2] != [_ds("SignedInfo"), _ds("SignatureValue")]:
         raise SignatureError(
-            "Signature must start with SignedInfo and SignatureValue", code="SIG_PROFILE"
+            "Signature must start with SignedInfo and SignatureValue", code=ErrorCode.SIG_PROFILE
         )
     rest = children[2:]
     key_info = None
@@ -391,13 +397,15 @@ def _check_signature_children(sig: etree._Element, strict: bool) -> etree._Eleme
     allowed_rest = () if strict else (_ds("Object"),)
     for extra in rest:
         if extra.tag not in allowed_rest:
-            raise SignatureError(f"unexpected element {extra.tag} in Signature", code="SIG_PROFILE")
+            raise SignatureError(
+                f"unexpected element {extra.tag} in Signature", code=ErrorCode.SIG_PROFILE
+            )
     return key_info
 
 
 def _algorithm(node: etree._Element | None, what: str) -> str:
     if node is None or not node.get("Algorithm"):
-        raise SignatureError(f"{what} without Algorithm", code="SIG_PROFILE")
+        raise SignatureError(f"{what} without Algorithm", code=ErrorCode.SIG_PROFILE)
     return str(node.get("Algorithm"))
 
 
@@ -410,36 +418,36 @@ def _check_signed_info(signed_info: etree._Element, strict: bool) -> tuple[Any, 
     ]:
         raise SignatureError(
             "SignedInfo must hold CanonicalizationMethod, SignatureMethod and a Reference",
-            code="SIG_PROFILE",
+            code=ErrorCode.SIG_PROFILE,
         )
     method_uri = _algorithm(children[1], "SignatureMethod")
     references = children[2:]
     if method_uri not in SIGNATURE_METHODS:
         raise SignatureError(
-            f"signature algorithm {method_uri} is not allowed", code="SIG_ALGORITHM"
+            f"signature algorithm {method_uri} is not allowed", code=ErrorCode.SIG_ALGORITHM
         )
     for reference in references:
         if reference.tag != _ds("Reference"):
             raise SignatureError(
-                f"unexpected element {reference.tag} in SignedInfo", code="SIG_PROFILE"
+                f"unexpected element {reference.tag} in SignedInfo", code=ErrorCode.SIG_PROFILE
             )
         digest_uri = _algorithm(reference.find(_ds("DigestMethod")), "DigestMethod")
         if digest_uri not in DIGEST_METHODS:
             raise SignatureError(
-                f"digest algorithm {digest_uri} is not allowed", code="SIG_ALGORITHM"
+                f"digest algorithm {digest_uri} is not allowed", code=ErrorCode.SIG_ALGORITHM
             )
     if len(references) != 1:
         raise SignatureError(
-            f"exactly one Reference is allowed, found {len(references)}", code="SIG_PROFILE"
+            f"exactly one Reference is allowed, found {len(references)}", code=ErrorCode.SIG_PROFILE
         )
     c14n_uri = _algorithm(children[0], "CanonicalizationMethod")
     if c14n_uri not in CANONICALISATIONS or (strict and c14n_uri != EXC_C14N):
         raise SignatureError(
             f"canonicalisation {c14n_uri} is outside the {_name(strict)} profile",
-            code="SIG_PROFILE",
+            code=ErrorCode.SIG_PROFILE,
         )
     if strict and _elements(children[0]):
-        raise SignatureError("CanonicalizationMethod must be empty", code="SIG_PROFILE")
+        raise SignatureError("CanonicalizationMethod must be empty", code=ErrorCode.SIG_PROFILE)
     return CANONICALISATIONS[c14n_uri], SIGNATURE_METHODS[method_uri]
 
 
@@ -451,11 +459,13 @@ def _check_reference(reference: etree._Element, strict: bool) -> tuple[Any, list
     """Check one Reference's URI and transforms; return (digest, transforms)."""
     uri = reference.get("URI")
     if strict and uri != "":
-        raise SignatureError(f'the Reference must have URI="", not {uri!r}', code="SIG_PROFILE")
+        raise SignatureError(
+            f'the Reference must have URI="", not {uri!r}', code=ErrorCode.SIG_PROFILE
+        )
     if uri is None or not (uri == "" or (uri.startswith("#") and _is_ncname(uri[1:]))):
         raise SignatureError(
             f"only whole-document or same-document ID references are allowed, not {uri!r}",
-            code="SIG_PROFILE",
+            code=ErrorCode.SIG_PROFILE,
         )
     children = _elements(reference)
     if children and children[0].tag == _ds("Transforms"):
@@ -464,12 +474,14 @@ def _check_reference(reference: etree._Element, strict: bool) -> tuple[Any, list
         transform_nodes = []
     if [c.tag for c in children] != [_ds("DigestMethod"), _ds("DigestValue")]:
         raise SignatureError(
-            "Reference must hold Transforms?, DigestMethod, DigestValue", code="SIG_PROFILE"
+            "Reference must hold Transforms?, DigestMethod, DigestValue", code=ErrorCode.SIG_PROFILE
         )
     uris = []
     for node in transform_nodes:
         if node.tag != _ds("Transform"):
-            raise SignatureError(f"unexpected element {node.tag} in Transforms", code="SIG_PROFILE")
+            raise SignatureError(
+                f"unexpected element {node.tag} in Transforms", code=ErrorCode.SIG_PROFILE
+            )
         transform_uri = _algorithm(node, "Transform")
         inner = _elements(node)
         harmless = transform_uri == EXC_C14N and all(
@@ -477,7 +489,7 @@ def _check_reference(reference: etree._Element, strict: bool) -> tuple[Any, list
         )
         if inner and (strict or not harmless):
             raise SignatureError(
-                f"transform {transform_uri} must not have parameters", code="SIG_PROFILE"
+                f"transform {transform_uri} must not have parameters", code=ErrorCode.SIG_PROFILE
             )
         uris.append(transform_uri)
     if strict:
@@ -485,7 +497,7 @@ def _check_reference(reference: etree._Element, strict: bool) -> tuple[Any, list
             raise SignatureError(
                 "the transforms must be exactly enveloped-signature and exc-c14n, not "
                 + (", ".join(uris) or "none"),
-                code="SIG_PROFILE",
+                code=ErrorCode.SIG_PROFILE,
             )
     else:
         c14ns = [u for u in uris if u != ENVELOPED]
@@ -496,7 +508,8 @@ def _check_reference(reference: etree._Element, strict: bool) -> tuple[Any, list
             or any(u not in CANONICALISATIONS for u in c14ns)
         ):
             raise SignatureError(
-                "transforms outside the interop profile: " + ", ".join(uris), code="SIG_PROFILE"
+                "transforms outside the interop profile: " + ", ".join(uris),
+                code=ErrorCode.SIG_PROFILE,
             )
     transforms = [_T.TransformEnveloped if u == ENVELOPED else CANONICALISATIONS[u] for u in uris]
     digest = DIGEST_METHODS[_algorithm(reference.find(_ds("DigestMethod")), "DigestMethod")]
@@ -522,10 +535,12 @@ def _check_coverage(
     ids = [str(value) for value in _all_ids(root)]
     if len(ids) != len(set(ids)):
         duplicates = sorted({value for value in ids if ids.count(value) > 1})
-        raise SignatureError(f"duplicate ID values {', '.join(duplicates)}", code="SIG_WRAPPING")
+        raise SignatureError(
+            f"duplicate ID values {', '.join(duplicates)}", code=ErrorCode.SIG_WRAPPING
+        )
     if strict and sig.getparent() is not root:
         raise SignatureError(
-            "the Signature must be a direct child of the document root", code="SIG_WRAPPING"
+            "the Signature must be a direct child of the document root", code=ErrorCode.SIG_WRAPPING
         )
     uri = str(reference.get("URI"))
     if uri == "":
@@ -540,19 +555,21 @@ def _check_coverage(
             if element.get(name) == wanted
         ]
         if not matches:
-            raise SignatureError(f"the Reference {uri} points at nothing", code="SIG_INVALID")
+            raise SignatureError(
+                f"the Reference {uri} points at nothing", code=ErrorCode.SIG_INVALID
+            )
         target, id_attribute = matches[0]
     enveloped = _T.TransformEnveloped in transforms
     inside = any(ancestor is target for ancestor in sig.iterancestors())
     if enveloped and not inside:
         raise SignatureError(
             "an enveloped-signature transform on data that does not contain the Signature",
-            code="SIG_PROFILE",
+            code=ErrorCode.SIG_PROFILE,
         )
     if not enveloped and inside:
         raise SignatureError(
             "the referenced data contains the Signature but is not enveloped",
-            code="SIG_PROFILE",
+            code=ErrorCode.SIG_PROFILE,
         )
     return target, id_attribute
 
@@ -565,7 +582,7 @@ def _key_info_certificates(key_info: etree._Element | None) -> list[bytes]:
         try:
             ders.append(base64.b64decode("".join((node.text or "").split()), validate=True))
         except (binascii.Error, ValueError) as exc:
-            raise SignatureError("unreadable X509Certificate", code="SIG_PROFILE") from exc
+            raise SignatureError("unreadable X509Certificate", code=ErrorCode.SIG_PROFILE) from exc
     return ders
 
 
@@ -581,7 +598,7 @@ def _check_certificate(
     if strict and len(ders) != 1:
         raise SignatureError(
             f"KeyInfo must carry exactly one X509Certificate, found {len(ders)}",
-            code="SIG_CERT_UNTRUSTED" if not ders else "SIG_PROFILE",
+            code=ErrorCode.SIG_CERT_UNTRUSTED if not ders else ErrorCode.SIG_PROFILE,
         )
     for der in ders:
         if der in pins:
@@ -601,7 +618,7 @@ def _check_certificate(
                 return leaf, der
     raise SignatureError(
         "the signing certificate is not one of the pinned certificates",
-        code="SIG_CERT_UNTRUSTED",
+        code=ErrorCode.SIG_CERT_UNTRUSTED,
     )
 
 
@@ -630,6 +647,6 @@ def _check_validity(cert: x509.Certificate, at: datetime) -> None:
         return
     raise SignatureError(
         f"signing certificate {cert.subject.rfc4514_string()} {reason}",
-        code="SIG_CERT_UNTRUSTED",
+        code=ErrorCode.SIG_CERT_UNTRUSTED,
         signer_cert_sha256=cert_sha256(cert),
     )
