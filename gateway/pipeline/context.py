@@ -42,7 +42,7 @@ class Outgoing:
 
     @classmethod
     def read(cls, partner: str, message: IncomingMessage) -> Outgoing:
-        """Raises ``RelayError`` (``RELAY_NO_*``) when a property the contract requires is absent."""
+        """Raises ``RelayError`` (``RELAY_NO_*``) when a property the contract needs is absent."""
         headers = message.headers or {}
         if not message.message_id:
             raise RelayError(

@@ -41,14 +41,14 @@ import structlog
 
 from gateway import tasks
 from gateway.contract import AmqpHeader
-from gateway.errors import RelayError
+from gateway.errors import ErrorCode, RelayError
 from gateway.relay.message import Handler, RelayPort
 from gateway.relay.topology import Names, topology
 
 log = structlog.get_logger(__name__)
 
 
-PublishFault = Literal["RELAY_UNCONFIRMED", "RELAY_NACKED"]
+PublishFault = Literal[ErrorCode.RELAY_UNCONFIRMED, ErrorCode.RELAY_NACKED]
 
 
 @dataclass
@@ -437,12 +437,12 @@ class MemoryRelay:
                 self.broker.deliver(exchange, routing_key, message)
             what = (
                 "the broker refused the message"
-                if fault.code == "RELAY_NACKED"
+                if fault.code == ErrorCode.RELAY_NACKED
                 else ("publish not confirmed (injected)")
             )
             raise RelayError(f"{exchange}/{routing_key}: {what}", code=fault.code)
         if not self.broker.deliver(exchange, routing_key, message):
-            raise RelayError(f"{exchange}/{routing_key}: unroutable", code="RELAY_RETURNED")
+            raise RelayError(f"{exchange}/{routing_key}: unroutable", code=ErrorCode.RELAY_RETURNED)
         self.broker.published.append((exchange, routing_key, message))
 
     async def publish_event(self, partner: str, status: str, event: Mapping[str, Any]) -> None:
@@ -520,7 +520,7 @@ class MemoryRelay:
 
     def fail_publish(
         self,
-        code: PublishFault = "RELAY_UNCONFIRMED",
+        code: PublishFault = ErrorCode.RELAY_UNCONFIRMED,
         *,
         times: int = 1,
         exchange: str | None = None,
