@@ -49,8 +49,9 @@ log = structlog.get_logger(__name__)
 MAX_INTERNAL_FAILURES = 5
 
 
-#: the delay queue a message waits in while the state store or the audit log fails
-STORE_RETRY_SECONDS = 5
+#: the delay queue a message waits in while the state store or the audit log fails (one of
+#: the ladder's ``DELAYS``: a publish to a queue that does not exist is returned unroutable)
+STORE_RETRY_SECONDS = 4
 
 
 #: pause before a message the broker would not take is returned to its queue

@@ -162,8 +162,8 @@ def test_raise_sites_give_a_class_a_code_of_its_own_family() -> None:
     assert mismatches <= PENDING_MISMATCHES
 
 
-def test_literal_codes_are_left_only_in_the_modules_being_rewritten() -> None:
-    """Outside the lead's pipeline files a code is spelt ``ErrorCode.X``, never ``"X"``."""
+def test_no_code_is_spelt_as_a_string_literal() -> None:
+    """Everywhere but errors.py a code is spelt ``ErrorCode.X``, never ``"X"``."""
     members = {m.value for m in ErrorCode}
     left: dict[str, set[str]] = {}
     for path in SOURCES:
@@ -173,7 +173,10 @@ def test_literal_codes_are_left_only_in_the_modules_being_rewritten() -> None:
             if isinstance(node, ast.Constant) and node.value in members:
                 left.setdefault(_rel(path), set()).add(str(node.value))
     assert sorted(p for p in left if not p.startswith(PENDING_LITERALS)) == []
-    assert left, "the scan found nothing: does it still read the sources?"
+    # the scan reads the sources: errors.py itself spells every code
+    table = next(p for p in SOURCES if p.name == "errors.py" and p.parent.name == "gateway")
+    spelt = {n.value for n in ast.walk(ast.parse(table.read_text())) if isinstance(n, ast.Constant)}
+    assert members <= spelt
 
 
 def test_every_literal_code_in_a_code_context_is_a_member() -> None:
