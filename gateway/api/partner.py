@@ -23,7 +23,8 @@ from gateway.errors import (
     EnvelopeError,
     ErrorCode,
 )
-from gateway.pipeline.inbound import Inbound, InboundPipeline
+from gateway.pipeline.context import Inbound
+from gateway.pipeline.inbound import InboundPipeline
 from gateway.pipeline.runtime import Runtime
 from gateway.trust.identity import peer_der
 from gateway.xml.batch import decode_multipart

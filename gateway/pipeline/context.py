@@ -1,4 +1,4 @@
-"""What the outbound steps share: the message in hand, what each step found, and the verdict.
+"""What the steps share: the message in hand, what each step found, and the verdict or answer.
 
 A step reads the context, adds what it found (the agreement, the decision, the signed
 envelope …) and, when the message's fate is decided, sets ``verdict``; the pipeline then
@@ -9,9 +9,10 @@ exceptions.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from lxml import etree
@@ -21,10 +22,12 @@ from gateway.audit.chain import AuditEvent
 from gateway.config.agreement import Agreement
 from gateway.contract import AmqpHeader
 from gateway.errors import DeliveryError, ErrorCode, GatewayError, RelayError
-from gateway.pipeline.runtime import Runtime
+from gateway.pipeline.runtime import Runtime, hexdigest
 from gateway.policy.engine import Decision
 from gateway.relay.message import IncomingMessage
 from gateway.xml import envelope
+from gateway.xml import signature as signing
+from gateway.xml.envelope import Envelope, ReceiptEntry
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,3 +201,98 @@ def header(headers: Mapping[str, Any], name: str) -> str | None:
     if isinstance(value, bytes):
         value = value.decode("utf-8", "replace")
     return str(value) if value else None
+
+
+# -- inbound
+
+#: what a 503 asks the sender to wait before it tries again
+RETRY_AFTER_SECONDS = 5.0
+
+
+#: the digest quoted for a request refused before any envelope was read
+EMPTY_DIGEST = "sha256:" + hashlib.sha256(b"").hexdigest()
+
+
+@dataclass(slots=True)
+class Inbound:
+    """One envelope from an authenticated partner, as the steps fill it in.
+
+    When a step decides what the partner is answered for it, it sets ``status`` (and
+    ``entry``, the receipt entry, for a final answer; none means "try again later").
+    Audit entries are added by the step that decides (``audit``) and written together
+    with the receipt's, before the answer.
+    """
+
+    rt: Runtime
+    partner: str
+    body: bytes
+    digest: str = ""
+    message_id: str = "-"
+    root: etree._Element | None = None
+    evidence: bytes = b""
+    verified: signing.Verified | None = None
+    env: Envelope | None = None
+    #: the claim on (sender, message id) is ours: released if the steps fail
+    claimed: bool = False
+    possible_duplicate: bool = False
+    agreement: Agreement | None = None
+    document: Document | None = None
+    target: Adapter | None = None
+    translated: bytes = b""
+    #: the answer: an HTTP status, the receipt entry (None: try again later), Retry-After
+    status: int | None = None
+    entry: ReceiptEntry | None = None
+    retry_after: float | None = None
+    #: published: the claim is marked published once the receipt is kept
+    published: bool = False
+    entries: list[AuditEvent] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.digest:
+            self.digest = "sha256:" + hashlib.sha256(self.body).hexdigest()
+
+    def answer(
+        self, status: int, entry: ReceiptEntry | None, retry_after: float | None = None
+    ) -> None:
+        self.status, self.entry, self.retry_after = status, entry, retry_after
+
+    def later(self, status: int = 503, retry_after: float = RETRY_AFTER_SECONDS) -> None:
+        """Answer "try again later" (no receipt entry)."""
+        self.answer(status, None, retry_after)
+
+    def audit(
+        self, event: str, outcome: str, code: str | None, reason: str | None, **details: str
+    ) -> AuditEvent:
+        """Note an audit entry about this envelope (written with the receipt's)."""
+        head = self.head
+        entry = AuditEvent(
+            event=event,
+            direction="inbound",
+            partner=head.sender,
+            agreement=head.agreement,
+            message_type=head.message_type,
+            message_id=head.message_id,
+            correlation_id=head.correlation_id,
+            envelope_digest=hexdigest(self.digest),
+            outcome=outcome,
+            code=code,
+            reason=reason,
+            details=details,
+        )
+        self.entries.append(entry)
+        return entry
+
+    @property
+    def head(self) -> envelope.Header:
+        assert self.env is not None, "the verify step comes first"
+        return self.env.header
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """What the partner is answered: status, headers and the signed receipt list (if any)."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes = b"try again later\n"
+    content_type: str = "text/plain"

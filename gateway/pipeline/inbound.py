@@ -28,22 +28,16 @@ import contextlib
 import dataclasses
 import hashlib
 import time
-from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import structlog
-from lxml import etree
 
 import adapters
-from adapters.base import Adapter, Document
 from gateway.audit.chain import AuditEvent
-from gateway.config.agreement import Agreement
 from gateway.contract import REPLY_TYPES, AmqpHeader
 from gateway.errors import (
     AdapterError,
-    AuditError,
     AuthError,
     EnvelopeError,
     ErrorCode,
@@ -51,16 +45,16 @@ from gateway.errors import (
     PolicyViolation,
     RelayError,
     SignatureError,
-    StoreError,
     http_status,
 )
-from gateway.pipeline.runtime import Runtime, canonical, hexdigest
+from gateway.pipeline import receipts
+from gateway.pipeline.context import EMPTY_DIGEST, Inbound, Reply
+from gateway.pipeline.runtime import Runtime, hexdigest
 from gateway.policy.engine import PolicyRequest, evaluate, find_agreement
 from gateway.xml import envelope
 from gateway.xml import safe as xmlsafe
 from gateway.xml import signature as signing
 from gateway.xml.envelope import (
-    Envelope,
     ReceiptEntry,
     peek_created,
     peek_message_id,
@@ -69,104 +63,12 @@ from gateway.xml.envelope import (
 log = structlog.get_logger(__name__)
 
 
-EMPTY_DIGEST = "sha256:" + hashlib.sha256(b"").hexdigest()
-
-
-#: what a 503 asks the sender to wait before it tries again
-RETRY_AFTER_SECONDS = 5.0
-
-
 #: seconds between two audit entries of one partner's refusal allowance being used up
 AUDIT_OVER_ALLOWANCE_EVERY = 60.0
 
 
 #: what a step may raise to refuse the envelope (a rejection entry in the receipt)
 REFUSALS = (EnvelopeError, SignatureError, AuthError, PolicyViolation, AdapterError)
-
-
-@dataclass(slots=True)
-class Inbound:
-    """One envelope from an authenticated partner, as the steps fill it in.
-
-    When a step decides what the partner is answered for it, it sets ``status`` (and
-    ``entry``, the receipt entry, for a final answer; none means "try again later").
-    Audit entries are added by the step that decides (``audit``) and written together
-    with the receipt's, before the answer.
-    """
-
-    rt: Runtime
-    partner: str
-    body: bytes
-    digest: str = ""
-    message_id: str = "-"
-    root: etree._Element | None = None
-    evidence: bytes = b""
-    verified: signing.Verified | None = None
-    env: Envelope | None = None
-    #: the claim on (sender, message id) is ours: released if the steps fail
-    claimed: bool = False
-    possible_duplicate: bool = False
-    agreement: Agreement | None = None
-    document: Document | None = None
-    target: Adapter | None = None
-    translated: bytes = b""
-    #: the answer: an HTTP status, the receipt entry (None: try again later), Retry-After
-    status: int | None = None
-    entry: ReceiptEntry | None = None
-    retry_after: float | None = None
-    #: published: the claim is marked published once the receipt is kept
-    published: bool = False
-    entries: list[AuditEvent] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        if not self.digest:
-            self.digest = "sha256:" + hashlib.sha256(self.body).hexdigest()
-
-    def answer(
-        self, status: int, entry: ReceiptEntry | None, retry_after: float | None = None
-    ) -> None:
-        self.status, self.entry, self.retry_after = status, entry, retry_after
-
-    def later(self, status: int = 503, retry_after: float = RETRY_AFTER_SECONDS) -> None:
-        """Answer "try again later" (no receipt entry)."""
-        self.answer(status, None, retry_after)
-
-    def audit(
-        self, event: str, outcome: str, code: str | None, reason: str | None, **details: str
-    ) -> AuditEvent:
-        """Note an audit entry about this envelope (written with the receipt's)."""
-        head = self.head
-        entry = AuditEvent(
-            event=event,
-            direction="inbound",
-            partner=head.sender,
-            agreement=head.agreement,
-            message_type=head.message_type,
-            message_id=head.message_id,
-            correlation_id=head.correlation_id,
-            envelope_digest=hexdigest(self.digest),
-            outcome=outcome,
-            code=code,
-            reason=reason,
-            details=details,
-        )
-        self.entries.append(entry)
-        return entry
-
-    @property
-    def head(self) -> envelope.Header:
-        assert self.env is not None, "the verify step comes first"
-        return self.env.header
-
-
-@dataclass(frozen=True, slots=True)
-class Reply:
-    """What the partner is answered: status, headers and the signed receipt list (if any)."""
-
-    status: int
-    headers: dict[str, str]
-    body: bytes = b"try again later\n"
-    content_type: str = "text/plain"
 
 
 Step = Callable[[Inbound], Awaitable[None]]
@@ -480,119 +382,8 @@ class InboundPipeline:
                 log.debug("claim_not_released", code=exc.code, reason=exc.reason)
 
     async def answer(self, partner: str, done: list[Inbound], *, batch: bool = False) -> Reply:
-        """The ``receipt`` step: answer a request (see ``_answer``); 503 when the stores fail.
-
-        No receipt without its audit entries: the sender tries again later. What was
-        published already is then published again, marked as a possible duplicate.
-        """
-        try:
-            return await self._answer(partner, done, batch=batch)
-        except (StoreError, AuditError) as exc:
-            log.debug("inbound_unavailable", code=exc.code, reason=exc.reason)
-            for ctx in done:
-                if ctx.published and ctx.entry is not None:
-                    with contextlib.suppress(GatewayError):
-                        await self.rt.store.release(
-                            ctx.partner, ctx.entry.message_id, uncertain=True
-                        )
-            return Reply(503, {"Retry-After": str(int(RETRY_AFTER_SECONDS))})
-
-    async def _answer(self, partner: str, done: list[Inbound], *, batch: bool) -> Reply:
-        """Sign one receipt list for every final answer, keep it, audit, answer.
-
-        Envelopes without an entry (503, 429: try again later) are left out of the list,
-        so the sender retries exactly those. A batch is answered 200 when the list has at
-        least one entry; otherwise with the first envelope's status.
-
-        In a batch, the refused envelopes are audited together, as one ``rejected``
-        entry (code ``BATCH_REFUSED``) that names the receipt list and lists each one's
-        message id, digest and code (the reasons are in the receipt, kept as evidence):
-        a batch of junk costs one entry, not two per part.
-        """
-        rt = self.rt
-        final = [c for c in done if c.entry is not None]
-        later = [c for c in done if c.entry is None]
-        headers: dict[str, str] = {}
-        retry_after = max((c.retry_after or 0.0 for c in later), default=0.0)
-        if later and retry_after:
-            headers["Retry-After"] = str(int(retry_after + 0.999))
-        if not final:
-            waiting = [e for c in done for e in c.entries]
-            if waiting:
-                await rt.record(*waiting)
-            return Reply(done[0].status or 503, headers)
-        receipt_id = envelope.new_id()
-        entries = [c.entry for c in final if c.entry is not None]
-        receipt = envelope.build_receipt(rt.gateway_id, partner, entries, receipt_id=receipt_id)
-        signed = rt.signer.sign(receipt)
-        evidence, receipt_digest = canonical(receipt)
-        await rt.audit.store_evidence(receipt_digest, "receipt", evidence, 3650)
-        events: list[AuditEvent] = [e for c in later for e in c.entries]
-        refused: list[ReceiptEntry] = []
-        for ctx in final:
-            entry = ctx.entry
-            assert entry is not None
-            if batch and entry.status == "rejected":
-                refused.append(entry)
-                continue
-            first = ctx.entries[0] if ctx.entries else None
-            events += ctx.entries
-            events.append(
-                AuditEvent(
-                    event="receipt",
-                    direction="inbound",
-                    partner=partner,
-                    agreement=first.agreement if first else None,
-                    message_type=first.message_type if first else None,
-                    message_id=entry.message_id if entry.message_id != "-" else None,
-                    correlation_id=first.correlation_id if first else None,
-                    envelope_digest=hexdigest(entry.digest),
-                    receipt_digest=receipt_digest,
-                    outcome=entry.status,
-                    code=entry.code,
-                    reason=entry.reason,
-                    details={"receipt_id": receipt_id, "entries": len(entries)},
-                )
-            )
-        if refused:
-            events.append(_batch_refusals(partner, refused, receipt_id, receipt_digest, len(done)))
-        await rt.record(*events)
-        for ctx in final:
-            entry = ctx.entry
-            if ctx.published and entry is not None and entry.status == "accepted":
-                await rt.store.mark_published(ctx.partner, entry.message_id, receipt_id)
-        return Reply(
-            200 if batch else final[0].status or 200,
-            headers,
-            body=signed,
-            content_type="application/xml",
-        )
-
-
-def _batch_refusals(
-    partner: str, refused: list[ReceiptEntry], receipt_id: str, receipt_digest: str, parts: int
-) -> AuditEvent:
-    """The one audit entry for every refused envelope of a batch."""
-    codes = Counter(e.code or "-" for e in refused)
-    summary = ", ".join(f"{code} {count}" for code, count in sorted(codes.items()))
-    return AuditEvent(
-        event="rejected",
-        direction="inbound",
-        partner=partner,
-        receipt_digest=receipt_digest,
-        outcome="refused",
-        code=ErrorCode.BATCH_REFUSED,
-        reason=f"{len(refused)} of the {parts} envelopes of a batch refused ({summary})",
-        details={
-            "receipt_id": receipt_id,
-            "parts": parts,
-            "codes": dict(codes),
-            "refused": [
-                {"message_id": e.message_id, "digest": hexdigest(e.digest), "code": e.code}
-                for e in refused
-            ],
-        },
-    )
+        """The ``receipt`` step: one signed receipt list for a request's envelopes."""
+        return await receipts.answer(self.rt, partner, done, batch=batch)
 
 
 def _str(value: object) -> str | None:

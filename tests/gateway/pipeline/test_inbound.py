@@ -18,7 +18,8 @@ from lxml import etree
 import adapters
 from gateway.contract import AmqpHeader
 from gateway.errors import ErrorCode, http_status
-from gateway.pipeline.inbound import Inbound, InboundPipeline
+from gateway.pipeline.context import Inbound
+from gateway.pipeline.inbound import InboundPipeline
 from gateway.trust.identity import TrustStore
 from gateway.xml import envelope
 from gateway.xml import signature as signing
