@@ -8,9 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
 from gateway.audit.backend import (
     Checkpoint,
@@ -22,6 +20,8 @@ from gateway.audit.chain import (
     chain_hash,
     checkpoint_bytes,
 )
+from gateway.errors import SignatureError
+from gateway.xml.signature import verify_detached_bytes
 
 #: problems a report keeps (the count goes on)
 MAX_PROBLEMS = 1_000
@@ -118,15 +118,9 @@ class VerifyReport:
 
 def check_signature(cert: x509.Certificate, signature: bytes, data: bytes) -> bool:
     """True when ``signature`` (DER; ECDSA or RSA PKCS#1 v1.5; SHA-256) covers ``data``."""
-    key = cert.public_key()
     try:
-        if isinstance(key, ec.EllipticCurvePublicKey):
-            key.verify(signature, data, ec.ECDSA(hashes.SHA256()))
-        elif isinstance(key, rsa.RSAPublicKey):
-            key.verify(signature, data, padding.PKCS1v15(), hashes.SHA256())
-        else:
-            return False
-    except (InvalidSignature, ValueError):
+        verify_detached_bytes(data, signature, cert)
+    except SignatureError:
         return False
     return True
 

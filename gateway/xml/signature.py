@@ -289,7 +289,7 @@ def verify_detached_bytes(data: bytes, signature: bytes, cert: x509.Certificate)
             raise SignatureError(
                 "certificate key must be ECDSA or RSA", code=ErrorCode.SIG_ALGORITHM
             )
-    except InvalidSignature as exc:
+    except (InvalidSignature, ValueError) as exc:  # ValueError: not a DER signature at all
         raise SignatureError(
             "detached signature does not verify", code=ErrorCode.SIG_INVALID
         ) from exc
