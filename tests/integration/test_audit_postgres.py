@@ -1,4 +1,4 @@
-"""PostgreSQL-only behaviour of gateway/audit.py (the shared suite in tests/gateway/test_audit.py
+"""PostgreSQL-only behaviour of gateway/audit.py (the shared suite in tests/gateway/audit/
 runs every other test on PostgreSQL too): several gateways writing one chain, concurrent migration.
 """
 

@@ -56,5 +56,5 @@ def test_the_shipped_definitions_file_is_the_current_topology() -> None:
 
     from gateway.relay.topology import Names, topology
 
-    shipped = Path(__file__).resolve().parents[2] / "deploy" / "rabbitmq" / "definitions.json"
+    shipped = Path(__file__).resolve().parents[3] / "deploy" / "rabbitmq" / "definitions.json"
     assert json.loads(shipped.read_text()) == topology(Names(""), ["XB"], vhost="/")

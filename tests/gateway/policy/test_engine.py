@@ -19,7 +19,7 @@ from gateway.policy.explain import explain
 from gateway.policy.rate_limit import RateLimiter, TokenBucket
 from gateway.policy.redaction import apply_redactions, parse_path
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 LOCAL, PARTNER = "XA", "XB"
 NOW = datetime(2027, 6, 1, 12, 0, tzinfo=UTC)
 MAA_TYPES = sorted(TYPES_BY_KIND["bilateral-maa"])

@@ -13,7 +13,7 @@ from gateway.errors import EnvelopeError
 from gateway.xml import envelope
 from gateway.xml.envelope import Header, ReceiptEntry
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 REQUEST_XML = (EXAMPLES / "maa-xml" / "maa.request.xml").read_bytes()
 CREATED = datetime(2026, 5, 4, 3, 2, 1, 123000, tzinfo=UTC)
 DIGEST = "sha256:" + "ab" * 32

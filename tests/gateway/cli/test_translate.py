@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from gateway.cli.translate import translate_command
 
-ROOT = Path(__file__).parents[2]
+ROOT = Path(__file__).parents[3]
 EXAMPLES = ROOT / "examples"
 
 

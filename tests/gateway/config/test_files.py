@@ -14,7 +14,7 @@ from gateway.cli import main
 from gateway.config.files import load_settings
 from gateway.errors import ConfigError
 
-CONFIG = Path(__file__).resolve().parents[2] / "config"
+CONFIG = Path(__file__).resolve().parents[3] / "config"
 NOW = dt.datetime.now(dt.UTC)
 
 

@@ -18,7 +18,7 @@ from gateway.config.agreement import load_agreements
 from gateway.errors import ConfigError, DecodeError
 from gateway.policy.engine import find_agreement
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 EXAMPLES = ROOT / "config" / "agreements"
 NOW = "2027-06-01T12:00:00+00:00"
 
