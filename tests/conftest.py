@@ -10,7 +10,7 @@ import structlog
 
 from gateway.config.models import Settings
 from gateway.relay.topology import Names
-from gateway.testing.broker import RABBITMQ_URL, delete_topology, provision_pair, require_service
+from maagw_testing.broker import RABBITMQ_URL, delete_topology, provision_pair, require_service
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHARED_TESTDATA = PROJECT_ROOT.parent / "shared" / "testdata"

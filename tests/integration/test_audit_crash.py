@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from gateway.audit.log import AuditLog
-from gateway.testing.audit import (
+from maagw_testing.audit import (
     PgUnavailable,
     services_required,
     start_scratch_pg,
@@ -26,7 +26,7 @@ CHILD = r"""
 import asyncio, sys
 from gateway.audit.chain import AuditEvent
 from gateway.audit.log import AuditLog
-from gateway.testing.audit import EcSigner
+from maagw_testing.audit import EcSigner
 
 async def appender(log, n):
     i = 0

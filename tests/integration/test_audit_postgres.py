@@ -13,7 +13,7 @@ import pytest
 from gateway.audit.chain import AuditEvent
 from gateway.audit.log import AuditLog
 from gateway.errors import AuditError
-from gateway.testing.audit import (
+from maagw_testing.audit import (
     EcSigner,
     PgUnavailable,
     reset_audit_tables,

@@ -19,7 +19,7 @@ from test_inbound_security import back_office, link, running
 
 from gateway.ca import authority
 from gateway.config.models import Settings
-from gateway.testing.broker import services_required
+from maagw_testing.broker import services_required
 
 NATIONAL = Path(__file__).resolve().parents[2] / "examples" / "national-json"
 

@@ -21,13 +21,13 @@ from gateway.audit.export import verify_bundle
 from gateway.audit.log import AuditLog
 from gateway.audit.verify import VerifyReport
 from gateway.ca import authority
-from gateway.testing.audit import (
+from gateway.xml.signature import Signer
+from maagw_testing.audit import (
     PgUnavailable,
     services_required,
     start_scratch_pg,
     stop_scratch_pg,
 )
-from gateway.xml.signature import Signer
 
 
 class Gw:

@@ -35,7 +35,7 @@ from gateway.audit.chain import (
 from gateway.audit.export import verify_bundle
 from gateway.audit.log import AuditLog
 from gateway.errors import AuditError
-from gateway.testing.audit import (
+from maagw_testing.audit import (
     EcSigner,
     PgUnavailable,
     reset_audit_tables,

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import serialization
 from gateway.audit.chain import AuditEvent, evidence_digest
 from gateway.audit.log import AuditLog
 from gateway.cli.audit import audit
-from gateway.testing.audit import EcSigner
+from maagw_testing.audit import EcSigner
 
 ENVELOPE = b"<Envelope>request</Envelope>"
 RECEIPT = b"<Receipt>accepted</Receipt>"

@@ -1,8 +1,8 @@
 """Test helpers for the adapters: hypothesis strategies for valid MAA bodies.
 
 Built from the same declaration as the schemas (``adapters._maa_spec``), so a new
-field is generated as soon as it is declared. Imported by tests only (it needs
-hypothesis, a development dependency).
+field is generated as soon as it is declared. Moved out of ``adapters`` (it needs
+hypothesis, which only the dev extra installs), so a shipped module never imports it.
 """
 
 from __future__ import annotations
