@@ -12,9 +12,6 @@ from gateway.config.models import Settings
 from gateway.relay.topology import Names
 from maagw_testing.broker import RABBITMQ_URL, delete_topology, provision_pair, require_service
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-SHARED_TESTDATA = PROJECT_ROOT.parent / "shared" / "testdata"
-
 
 @pytest.fixture(autouse=True)
 def _fresh_logging() -> None:

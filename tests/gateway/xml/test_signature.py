@@ -30,7 +30,7 @@ from gateway.xml import signature as signing
 
 DS = signing.DS_NS
 NS = {"ds": DS, "e": "urn:maagw:envelope:1"}
-VECTORS = Path(__file__).resolve().parents[4] / "shared" / "testdata" / "xmldsig-interop"
+VECTORS = Path(__file__).resolve().parents[2] / "data" / "xmldsig-interop"
 ENVELOPE = b"""<Envelope xmlns="urn:maagw:envelope:1"><Header><MessageId>m-1</MessageId>\
 <Sender>XA</Sender><Receiver>XB</Receiver></Header><Payload><Amount>100</Amount>\
 <Text>hello world</Text></Payload></Envelope>"""
@@ -589,7 +589,7 @@ def _ca(directory: str) -> x509.Certificate:
 
 
 def test_vectors_are_present() -> None:
-    """The shared interop vectors are where the tests expect them."""
+    """The interop vectors of tests/data are where the tests expect them."""
     assert len(ALEKSEY_ENVELOPED) == 8
 
 
