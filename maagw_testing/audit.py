@@ -89,11 +89,6 @@ def stop_scratch_pg(url: str, admin_url: str = PG_ADMIN_URL) -> None:
     _sync(drop_scratch_db(url, admin_url))
 
 
-def services_required() -> bool:
-    """True when a missing service must fail the tests rather than skip them."""
-    return os.environ.get("CI") == "true" or os.environ.get("MAAGW_REQUIRE_SERVICES") == "1"
-
-
 async def pg_reachable(url: str = PG_ADMIN_URL) -> str | None:
     """None when PostgreSQL answers at ``url``, else the reason it does not."""
     import asyncpg  # type: ignore[import-untyped, unused-ignore]

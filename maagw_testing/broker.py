@@ -1,6 +1,5 @@
 """Test helpers shared by the test suite and the benchmarks (not used by the gateway).
 
-- ``require_service``: skip a test whose service is down, or fail it in CI.
 - ``GatewayPair``: two real gateways (XA, XB) on loopback with generated
   certificates and a unique broker prefix, and their back offices.
 """
@@ -10,14 +9,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import os
-import socket
 import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from gateway.config.files import load_settings
 from gateway.config.models import Settings
@@ -27,32 +23,6 @@ from gateway.relay.back_office import BackOffice
 from gateway.relay.topology import Names
 
 RABBITMQ_URL = os.environ.get("MAAGW_TEST_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672/")
-
-
-HINTS = {
-    "RabbitMQ": "start it with `rabbitmq-server -detached` (or run `make test`, which starts it)",
-    "PostgreSQL": "start it with `pg_ctlcluster --skip-systemctl-redirect 15 main start` "
-    "(or run `make test`, which starts it)",
-}
-
-
-def services_required() -> bool:
-    """True in CI (``CI=true``) or with ``MAAGW_REQUIRE_SERVICES=1``: missing services fail."""
-    return os.environ.get("CI", "").lower() in {"1", "true", "yes"} or bool(
-        os.environ.get("MAAGW_REQUIRE_SERVICES")
-    )
-
-
-def require_service(name: str, host: str, port: int) -> None:
-    """Skip (or, when services are required, fail) if nothing listens at host:port."""
-    try:
-        with socket.create_connection((host, port), timeout=2):
-            return
-    except OSError:
-        message = f"{name} is not reachable at {host}:{port}: {HINTS.get(name, '')}"
-        if services_required():
-            pytest.fail(message)
-        pytest.skip(message)
 
 
 def unique_prefix(tag: str = "t") -> str:

@@ -39,11 +39,11 @@ from maagw_testing.broker import (
     account,
     delete_topology,
     publish_many,
-    services_required,
     start_gateway_process,
     unique_prefix,
     unmarked_duplicates,
 )
+from maagw_testing.services import services_required
 
 ROOT = Path(__file__).resolve().parents[2]
 REQUEST = (ROOT / "examples" / "national-json" / "maa.request.json").read_bytes()

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import json
 import sqlite3
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +20,7 @@ from gateway.audit.log import AuditLog
 from gateway.audit.verify import VerifyReport
 from gateway.ca import authority
 from gateway.xml.signature import Signer
-from maagw_testing.audit import (
-    PgUnavailable,
-    services_required,
-    start_scratch_pg,
-    stop_scratch_pg,
-)
+from maagw_testing.audit import reset_audit_tables
 
 
 class Gw:
@@ -85,16 +78,10 @@ def gw(tmp_path: Path) -> Gw:
 
 
 @pytest.fixture
-async def pg_gw(tmp_path: Path) -> AsyncIterator[Gw]:
-    """A Gw whose audit log is a scratch PostgreSQL database (skipped without a server)."""
-    try:
-        url = await asyncio.to_thread(start_scratch_pg)
-    except PgUnavailable as exc:
-        if services_required():
-            pytest.fail(str(exc))
-        pytest.skip(str(exc))
-    yield Gw(tmp_path, url)
-    await asyncio.to_thread(stop_scratch_pg, url)
+async def pg_gw(tmp_path: Path, pg_url: str) -> Gw:
+    """A Gw whose audit log is the session's scratch PostgreSQL database, emptied first."""
+    await reset_audit_tables(pg_url)
+    return Gw(tmp_path, pg_url)
 
 
 def untrusted(report: VerifyReport) -> list[str]:

@@ -10,7 +10,6 @@ import asyncio
 import json
 import sqlite3
 import subprocess
-from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -37,43 +36,9 @@ from gateway.audit.log import AuditLog
 from gateway.errors import AuditError
 from maagw_testing.audit import (
     EcSigner,
-    PgUnavailable,
-    reset_audit_tables,
-    services_required,
-    start_scratch_pg,
-    stop_scratch_pg,
 )
 
 # ---------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="session")
-def pg_url() -> Iterator[str]:
-    """A scratch PostgreSQL database for this session, dropped afterwards."""
-    try:
-        url = start_scratch_pg()
-    except PgUnavailable as exc:
-        if services_required():
-            pytest.fail(str(exc))
-        pytest.skip(str(exc))
-    yield url
-    stop_scratch_pg(url)
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-async def audit_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
-    """The URL of an empty audit store on each backend."""
-    if request.param == "sqlite":
-        yield f"sqlite://{tmp_path / 'audit.db'}"
-        return
-    url: str = request.getfixturevalue("pg_url")
-    await reset_audit_tables(url)
-    yield url
-
-
-@pytest.fixture(scope="session")
-def signer() -> EcSigner:
-    return EcSigner.generate()
 
 
 class Raw:
@@ -155,11 +120,11 @@ def ev(i: int, **kw: Any) -> AuditEvent:
 
 
 async def filled(
-    url: str, signer: EcSigner | None, n: int = 35, *, chunk: int = 10, every: int = 10
+    url: str, checkpoint_signer: EcSigner | None, n: int = 35, *, chunk: int = 10, every: int = 10
 ) -> None:
     """A log of ``n`` entries appended ``chunk`` at a time (a checkpoint per ``every``)."""
     log = await AuditLog.open(
-        url, gateway_id="XA", checkpoint_signer=signer, checkpoint_every=every
+        url, gateway_id="XA", checkpoint_signer=checkpoint_signer, checkpoint_every=every
     )
     for start in range(1, n + 1, chunk):
         await log.append_many([ev(i) for i in range(start, min(n, start + chunk - 1) + 1)])
@@ -402,9 +367,11 @@ async def test_entries_are_append_only_in_sql(audit_url: str) -> None:
 # ---------------------------------------------------------------------- checkpoints
 
 
-async def test_checkpoints_every_n_entries_and_at_close(audit_url: str, signer: EcSigner) -> None:
+async def test_checkpoints_every_n_entries_and_at_close(
+    audit_url: str, checkpoint_signer: EcSigner
+) -> None:
     """A checkpoint is signed after every N entries and a final one on close."""
-    await filled(audit_url, signer, n=35, chunk=10, every=10)
+    await filled(audit_url, checkpoint_signer, n=35, chunk=10, every=10)
     log = await AuditLog.open(audit_url, gateway_id="XA", create=False)
     try:
         cps = await log.checkpoints()
@@ -418,12 +385,12 @@ async def test_checkpoints_every_n_entries_and_at_close(audit_url: str, signer: 
         assert cp.signed_bytes == checkpoint_bytes("XA", cp.seq, cp.head_hash, cp.time)
 
 
-async def test_checkpoint_after_t_seconds(audit_url: str, signer: EcSigner) -> None:
+async def test_checkpoint_after_t_seconds(audit_url: str, checkpoint_signer: EcSigner) -> None:
     """With few entries, a checkpoint is still signed once checkpoint_seconds have passed."""
     log = await AuditLog.open(
         audit_url,
         gateway_id="XA",
-        checkpoint_signer=signer,
+        checkpoint_signer=checkpoint_signer,
         checkpoint_every=1000,
         checkpoint_seconds=0.2,
     )
@@ -438,20 +405,20 @@ async def test_checkpoint_after_t_seconds(audit_url: str, signer: EcSigner) -> N
         await log.close()
 
 
-async def test_untouched_log_verifies(audit_url: str, signer: EcSigner) -> None:
+async def test_untouched_log_verifies(audit_url: str, checkpoint_signer: EcSigner) -> None:
     """An untouched log with checkpoints verifies with no problem and the trusted certificate."""
-    await filled(audit_url, signer)
-    report = await verify(audit_url, trusted_certs=[signer.cert])
+    await filled(audit_url, checkpoint_signer)
+    report = await verify(audit_url, trusted_certs=[checkpoint_signer.cert])
     assert report.ok, report.lines()
     assert (report.entries, report.last_checkpoint_seq, report.unanchored) == (35, 35, 0)
 
 
 async def test_parallel_verify_reports_like_sequential(
-    audit_url: str, signer: EcSigner, monkeypatch: pytest.MonkeyPatch
+    audit_url: str, checkpoint_signer: EcSigner, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Verify split over worker processes gives the same report as one sequential pass."""
     monkeypatch.setattr(audit_log, "MIN_SEGMENT", 1)
-    await filled(audit_url, signer, n=40)
+    await filled(audit_url, checkpoint_signer, n=40)
     await filled(audit_url, None, n=3, chunk=3)
     seen: list[int] = []
     parallel = await verify(audit_url, workers=3, progress=lambda done, total: seen.append(done))
@@ -461,19 +428,21 @@ async def test_parallel_verify_reports_like_sequential(
 
 
 async def test_verify_says_entries_after_last_checkpoint_are_chain_checked_only(
-    audit_url: str, signer: EcSigner
+    audit_url: str, checkpoint_signer: EcSigner
 ) -> None:
     """Entries appended without a signer after the last checkpoint are reported as unanchored."""
-    await filled(audit_url, signer, n=20)
+    await filled(audit_url, checkpoint_signer, n=20)
     await filled(audit_url, None, n=4, chunk=4)
     report = await verify(audit_url)
     assert report.ok and report.unanchored == 4
     assert any("only checked against the chain" in line for line in report.lines())
 
 
-async def test_checkpoint_by_untrusted_signer_is_a_fault(audit_url: str, signer: EcSigner) -> None:
+async def test_checkpoint_by_untrusted_signer_is_a_fault(
+    audit_url: str, checkpoint_signer: EcSigner
+) -> None:
     """A validly signed checkpoint from a certificate that is not trusted is a fault."""
-    await filled(audit_url, signer, n=10)
+    await filled(audit_url, checkpoint_signer, n=10)
     report = await verify(audit_url, trusted_certs=[EcSigner.generate().cert])
     assert not report.ok and report.problems[0].kind == "checkpoint_untrusted"
 
@@ -574,7 +543,7 @@ async def _replace_signed_head(raw: Raw) -> None:
 @pytest.mark.parametrize("workers", [1, 3], ids=["sequential", "3-workers"])
 async def test_verify_names_first_bad_seq(
     audit_url: str,
-    signer: EcSigner,
+    checkpoint_signer: EcSigner,
     tamper: Any,
     first_bad: int,
     kind: str,
@@ -586,7 +555,7 @@ async def test_verify_names_first_bad_seq(
     With workers, segments of 3 entries put segment boundaries beside every tampered entry.
     """
     monkeypatch.setattr(audit_log, "MIN_SEGMENT", 1)
-    await filled(audit_url, signer)
+    await filled(audit_url, checkpoint_signer)
     raw = Raw(audit_url)
     await raw.unlock()
     await tamper(raw)
@@ -625,11 +594,11 @@ async def test_evidence_with_wrong_digest_is_refused(audit_url: str) -> None:
 
 
 async def test_purge_drops_expired_evidence_and_chain_still_verifies(
-    audit_url: str, signer: EcSigner
+    audit_url: str, checkpoint_signer: EcSigner
 ) -> None:
     """Purge removes only evidence past retention; entries and the chain are untouched."""
     old, new = b"<old/>", b"<new/>"
-    log = await AuditLog.open(audit_url, gateway_id="XA", checkpoint_signer=signer)
+    log = await AuditLog.open(audit_url, gateway_id="XA", checkpoint_signer=checkpoint_signer)
     try:
         for data, days in ((old, 0), (new, 30)):
             await log.store_evidence(evidence_digest(data), "envelope", data, retention_days=days)
@@ -743,14 +712,14 @@ async def _export(url: str, out: Path, start: int | None = None, end: int | None
 
 
 async def test_export_verifies_offline_and_with_openssl(
-    audit_url: str, signer: EcSigner, tmp_path: Path
+    audit_url: str, checkpoint_signer: EcSigner, tmp_path: Path
 ) -> None:
     """An exported bundle verifies without the database and openssl accepts every checkpoint."""
-    await filled(audit_url, signer)
+    await filled(audit_url, checkpoint_signer)
     out = tmp_path / "bundle"
     manifest = await _export(audit_url, out)
     assert manifest["entries"] == 35 and len(manifest["checkpoints"]) == 4
-    report = verify_bundle(out, trusted_certs=[signer.cert])
+    report = verify_bundle(out, trusted_certs=[checkpoint_signer.cert])
     assert report.ok, report.lines()
     for name in manifest["checkpoints"]:
         result = _openssl_verify(out / "checkpoints", name)
@@ -759,10 +728,10 @@ async def test_export_verifies_offline_and_with_openssl(
 
 
 async def test_verify_txt_python_recipe_checks_the_chain(
-    audit_url: str, signer: EcSigner, tmp_path: Path
+    audit_url: str, checkpoint_signer: EcSigner, tmp_path: Path
 ) -> None:
     """The Python recipe in VERIFY.txt recomputes the chain of an exported bundle."""
-    await filled(audit_url, signer, n=12)
+    await filled(audit_url, checkpoint_signer, n=12)
     out = tmp_path / "bundle"
     await _export(audit_url, out)
     text = (out / "VERIFY.txt").read_text()
@@ -781,10 +750,10 @@ async def test_verify_txt_python_recipe_checks_the_chain(
 
 
 async def test_tampered_bundle_is_detected(
-    audit_url: str, signer: EcSigner, tmp_path: Path
+    audit_url: str, checkpoint_signer: EcSigner, tmp_path: Path
 ) -> None:
     """Editing a line of an exported bundle or a signed checkpoint file fails offline verify."""
-    await filled(audit_url, signer, n=20)
+    await filled(audit_url, checkpoint_signer, n=20)
     out = tmp_path / "bundle"
     manifest = await _export(audit_url, out)
     lines = (out / "entries.jsonl").read_text().splitlines(keepends=True)
@@ -801,10 +770,10 @@ async def test_tampered_bundle_is_detected(
 
 @pytest.mark.parametrize(("start", "end", "count"), [(11, 30, 20), (5, 17, 13), (30, 99, 6)])
 async def test_partial_export_verifies(
-    audit_url: str, signer: EcSigner, tmp_path: Path, start: int, end: int, count: int
+    audit_url: str, checkpoint_signer: EcSigner, tmp_path: Path, start: int, end: int, count: int
 ) -> None:
     """A bundle of a seq range verifies offline, anchored by the checkpoints inside it."""
-    await filled(audit_url, signer)
+    await filled(audit_url, checkpoint_signer)
     out = tmp_path / "bundle"
     manifest = await _export(audit_url, out, start, end)
     assert manifest["entries"] == count

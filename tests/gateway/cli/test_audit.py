@@ -21,19 +21,14 @@ ENVELOPE = b"<Envelope>request</Envelope>"
 RECEIPT = b"<Receipt>accepted</Receipt>"
 
 
-@pytest.fixture(scope="module")
-def signer() -> EcSigner:
-    return EcSigner.generate()
-
-
 @pytest.fixture
-def db(tmp_path: Path, signer: EcSigner) -> str:
+def db(tmp_path: Path, checkpoint_signer: EcSigner) -> str:
     """A SQLite log of one exchange (request, policy decision, receipt) plus filler entries."""
     url = f"sqlite://{tmp_path / 'audit.db'}"
 
     async def fill() -> None:
         log = await AuditLog.open(
-            url, gateway_id="XA", checkpoint_signer=signer, checkpoint_every=10
+            url, gateway_id="XA", checkpoint_signer=checkpoint_signer, checkpoint_every=10
         )
         await log.store_evidence(evidence_digest(ENVELOPE), "envelope", ENVELOPE, 30)
         await log.store_evidence(evidence_digest(RECEIPT), "receipt", RECEIPT, 30)
@@ -95,15 +90,17 @@ def json_lines(result: Result) -> list[dict[str, Any]]:
     return [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
 
 
-def cert_file(tmp_path: Path, signer: EcSigner, name: str = "cert.pem") -> str:
+def cert_file(tmp_path: Path, checkpoint_signer: EcSigner, name: str = "cert.pem") -> str:
     path = tmp_path / name
-    path.write_bytes(signer.cert.public_bytes(serialization.Encoding.PEM))
+    path.write_bytes(checkpoint_signer.cert.public_bytes(serialization.Encoding.PEM))
     return str(path)
 
 
-def test_verify_accepts_an_untouched_log(db: str, tmp_path: Path, signer: EcSigner) -> None:
+def test_verify_accepts_an_untouched_log(
+    db: str, tmp_path: Path, checkpoint_signer: EcSigner
+) -> None:
     """verify exits 0 and says OK on an untouched log signed by the trusted certificate."""
-    result = run("verify", "--db", db, "--cert", cert_file(tmp_path, signer))
+    result = run("verify", "--db", db, "--cert", cert_file(tmp_path, checkpoint_signer))
     assert result.exit_code == 0, result.output
     assert "OK: chain and checkpoints verify" in result.output
 
@@ -171,12 +168,12 @@ def test_show_unknown_message_exits_1(db: str) -> None:
     assert result.exit_code == 1 and "no entries" in result.output
 
 
-def test_export_then_verify_bundle(db: str, tmp_path: Path, signer: EcSigner) -> None:
+def test_export_then_verify_bundle(db: str, tmp_path: Path, checkpoint_signer: EcSigner) -> None:
     """An exported bundle verifies offline; editing one line of it makes verify exit 1."""
     out = tmp_path / "bundle"
     result = run("export", "--db", db, "--from", "1", "--to", "20", "--out", str(out))
     assert result.exit_code == 0, result.output
-    ok = run("verify", "--bundle", str(out), "--cert", cert_file(tmp_path, signer))
+    ok = run("verify", "--bundle", str(out), "--cert", cert_file(tmp_path, checkpoint_signer))
     assert ok.exit_code == 0, ok.output
     lines = (out / "entries.jsonl").read_text().splitlines(keepends=True)
     lines[3] = lines[3].replace('"XC"', '"XD"')
