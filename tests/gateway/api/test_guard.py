@@ -1,4 +1,4 @@
-"""Unit tests of gateway/guard.py: the connection clock's states and deadlines.
+"""Unit tests of gateway/api/guard.py: the connection clock's states and deadlines.
 
 The deadlines and caps against real connections are in
 ``tests/integration/test_partner_limits.py``.

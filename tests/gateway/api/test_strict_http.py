@@ -1,4 +1,4 @@
-"""Unit tests of gateway/strict_http.py: which request forms the partner API takes.
+"""Unit tests of gateway/api/strict_http.py: which request forms the partner API takes.
 
 The refusals through the running gateway (signed receipts, audit, the banner) are in
 ``tests/integration/test_partner_http.py``.

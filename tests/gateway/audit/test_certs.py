@@ -1,4 +1,4 @@
-"""Tests for gateway/audit_certs.py: signing certificates recorded in the log, and whom verify trusts."""
+"""Tests for gateway/audit/certs.py: signing certificates recorded in the log, and whom verify trusts."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests for gateway/cli_agreements.py: ``maagw agreements list | show | explain``."""
+"""Tests for gateway/cli/agreements.py: ``maagw agreements list | show | explain``."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests for gateway/cli_audit.py: the ``maagw audit`` commands on a SQLite log."""
+"""Tests for gateway/cli/audit.py: the ``maagw audit`` commands on a SQLite log."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests for gateway/cli_envelope.py: ``maagw envelope sign|verify|inspect``."""
+"""Tests for gateway/cli/envelope.py: ``maagw envelope sign|verify|inspect``."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests for gateway/cli_translate.py: the ``maagw translate`` command."""
+"""Tests for gateway/cli/translate.py: the ``maagw translate`` command."""
 
 from __future__ import annotations
 

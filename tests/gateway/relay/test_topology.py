@@ -1,4 +1,4 @@
-"""Retry delays: exponential, capped, jittered over the delay queues, honouring Retry-After."""
+"""gateway/relay/topology.py: the delay queues, and the retry delays over them (capped, jittered, Retry-After)."""
 
 from __future__ import annotations
 

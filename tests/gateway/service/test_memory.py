@@ -1,4 +1,4 @@
-"""Unit tests of gateway/memory.py: trimming the heap after connections closed."""
+"""Unit tests of gateway/service/memory.py: trimming the heap after connections closed."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The state store's group commit: durable per call, failures isolated, usable after a failed commit."""
+"""gateway/state/sqlite.py: the state store's group commit, durable per call, failures isolated, usable after a failed commit."""
 
 from __future__ import annotations
 

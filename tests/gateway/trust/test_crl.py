@@ -1,4 +1,4 @@
-"""Tests for gateway/crl.py: CRL freshness, where a partner's CRL comes from, and what is accepted."""
+"""Tests for gateway/trust/crl.py: CRL freshness, where a partner's CRL comes from, and what is accepted."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests for gateway/tls.py: the partner identity behind a certificate, revocation, expiry."""
+"""Tests for gateway/trust/identity.py: the partner identity behind a certificate, revocation, expiry."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Unit tests of gateway/tls_transport.py: TLS with a request-sized receive buffer.
+"""Unit tests of gateway/trust/tls_transport.py: TLS with a request-sized receive buffer.
 
 asyncio's own TLS protocol allocates 256 KiB per connection; the partner listener's
 must allocate ``READ_BUFFER_BYTES`` and still carry bodies far larger than that.

@@ -1,9 +1,9 @@
-"""Unit tests of gateway/envelope.py: envelope and receipt round trips, what parsing refuses."""
+"""Unit tests of gateway/xml/envelope.py: envelope and receipt round trips, what parsing refuses."""
 
 from __future__ import annotations
 
 import base64
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -11,7 +11,7 @@ from lxml import etree
 
 from gateway.errors import EnvelopeError
 from gateway.xml import envelope
-from gateway.xml.envelope import Header, ReceiptEntry
+from gateway.xml.envelope import Header, ReceiptEntry, _peek_created, _peek_message_id
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 REQUEST_XML = (EXAMPLES / "maa-xml" / "maa.request.xml").read_bytes()
@@ -186,3 +186,52 @@ def test_time_is_written_in_utc_with_milliseconds() -> None:
     text = envelope.format_time(CREATED)
     assert text == "2026-05-04T03:02:01.123Z"
     assert envelope.parse_time(text) == CREATED
+
+
+@pytest.mark.parametrize(
+    ("xml", "expected"),
+    [
+        (b"<Header><MessageId>m-1</MessageId></Header>", "m-1"),
+        (b"<Header><MessageId> m-<!--x-->2 </MessageId></Header>", "m-2"),
+        (b"<Header/>", None),
+        (b"<Header><MessageId></MessageId></Header>", None),
+        (b"<Header><MessageId>" + b"m" * 129 + b"</MessageId></Header>", None),
+        (b"<Header><MessageId>a&#10;b</MessageId></Header>", None),
+    ],
+    ids=["plain", "comment", "missing", "empty", "too-long", "unprintable"],
+)
+def test_peek_message_id_reads_only_a_plausible_id(xml: bytes, expected: str | None) -> None:
+    """The id quoted in a rejection of an unverified envelope is whole, short and printable."""
+    ns = b'xmlns="urn:maagw:envelope:1"'
+    root = etree.fromstring(b"<Envelope " + ns + b">" + xml + b"</Envelope>")
+    assert _peek_message_id(root) == expected
+
+
+@pytest.mark.parametrize(
+    ("offset", "inside"),
+    [
+        (timedelta(0), True),
+        (timedelta(days=-6), True),
+        (timedelta(days=-8), False),
+        (timedelta(minutes=30), False),
+    ],
+)
+def test_the_signing_time_is_the_created_time_inside_the_replay_window(
+    offset: timedelta, inside: bool
+) -> None:
+    """Created is used as the signing time only when it lies in the replay window."""
+    created = envelope.utcnow() + offset
+    header = envelope.Header(
+        message_id="m",
+        sender="XA",
+        receiver="XB",
+        agreement="a",
+        message_type="maa.request",
+        created=created,
+        payload_format="maa-xml",
+    )
+    root = envelope.build_envelope(header, b"<a xmlns='urn:x'/>", "application/xml")
+    peeked = _peek_created(root)
+    assert (peeked is not None) == inside
+    if inside:
+        assert peeked is not None and abs((peeked - created).total_seconds()) < 0.01

@@ -1,4 +1,4 @@
-"""Tests for gateway/xmlsafe.py: the one safe XML parser."""
+"""Tests for gateway/xml/safe.py: the one safe XML parser."""
 
 from __future__ import annotations
 

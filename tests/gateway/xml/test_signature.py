@@ -1,4 +1,4 @@
-"""Tests for gateway/signing.py: signing, the strict and interop profiles, and attacks."""
+"""Tests for gateway/xml/signature.py: signing, the strict and interop profiles, and attacks."""
 
 from __future__ import annotations
 
