@@ -1,4 +1,5 @@
-"""Test doubles for the audit log: a throwaway checkpoint signer and a PostgreSQL scratch database.
+"""Test doubles for the audit log: a throwaway checkpoint signer, a PostgreSQL scratch database,
+raw SQL access (the attacker's view) and a filled test log.
 
 Used by the audit tests and the benchmark; never by the running gateway.
 """
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sqlite3
 import uuid
 from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
@@ -19,6 +21,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+
+from gateway.audit.chain import AuditEvent
+from gateway.audit.log import AuditLog
+from gateway.audit.verify import VerifyReport
 
 T = TypeVar("T")
 
@@ -144,3 +150,103 @@ async def reset_audit_tables(url: str) -> None:
         )
     finally:
         await con.close()
+
+
+class Raw:
+    """Direct SQL on the store, as an attacker with database access would use it.
+
+    Takes ``?`` placeholders on both backends (turned into ``$n`` for PostgreSQL).
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.pg = url.startswith("postgresql://")
+
+    async def _pg(self) -> Any:
+        import asyncpg  # type: ignore[import-untyped, unused-ignore]
+
+        return await asyncpg.connect(self.url)
+
+    @staticmethod
+    def _dollar(sql: str) -> str:
+        n = 0
+        out = []
+        for ch in sql:
+            if ch == "?":
+                n += 1
+                out.append(f"${n}")
+            else:
+                out.append(ch)
+        return "".join(out)
+
+    async def execute(self, sql: str, *args: Any) -> None:
+        if self.pg:
+            con = await self._pg()
+            try:
+                await con.execute(self._dollar(sql), *args)
+            finally:
+                await con.close()
+        else:
+            conn = sqlite3.connect(self.url.removeprefix("sqlite://"), isolation_level=None)
+            try:
+                conn.execute(sql, args)
+            finally:
+                conn.close()
+
+    async def fetch(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        if self.pg:
+            con = await self._pg()
+            try:
+                return [tuple(r) for r in await con.fetch(self._dollar(sql), *args)]
+            finally:
+                await con.close()
+        conn = sqlite3.connect(self.url.removeprefix("sqlite://"))
+        try:
+            return [tuple(r) for r in conn.execute(sql, args)]
+        finally:
+            conn.close()
+
+    async def unlock(self) -> None:
+        """Remove the append-only triggers (the first thing an attacker does)."""
+        if self.pg:
+            await self.execute("DROP TRIGGER audit_entries_append_only ON audit_entries")
+        else:
+            await self.execute("DROP TRIGGER audit_entries_no_update")
+            await self.execute("DROP TRIGGER audit_entries_no_delete")
+
+
+def ev(i: int, **kw: Any) -> AuditEvent:
+    """The ``i``-th event of a test log (message id ``msg-i``), with any field overridden."""
+    fields: dict[str, Any] = {
+        "event": "received",
+        "direction": "inbound",
+        "partner": "XB",
+        "agreement": "XA-XB-MAA",
+        "message_type": "maa-request",
+        "message_id": f"msg-{i}",
+        "outcome": "ok",
+        "details": {"n": i},
+    }
+    fields.update(kw)
+    return AuditEvent(**fields)
+
+
+async def filled(
+    url: str, checkpoint_signer: EcSigner | None, n: int = 35, *, chunk: int = 10, every: int = 10
+) -> None:
+    """A log of ``n`` entries appended ``chunk`` at a time (a checkpoint per ``every``)."""
+    log = await AuditLog.open(
+        url, gateway_id="XA", checkpoint_signer=checkpoint_signer, checkpoint_every=every
+    )
+    for start in range(1, n + 1, chunk):
+        await log.append_many([ev(i) for i in range(start, min(n, start + chunk - 1) + 1)])
+    await log.close()
+
+
+async def verify_log(url: str, **kw: Any) -> VerifyReport:
+    """Open an existing log at ``url``, verify it with ``kw`` and close it."""
+    log = await AuditLog.open(url, gateway_id="XA", create=False)
+    try:
+        return await log.verify(**kw)
+    finally:
+        await log.close()
