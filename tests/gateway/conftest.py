@@ -1,7 +1,8 @@
-"""Fixtures of the certificate tests (ca/, cli/test_certs.py, test_pem.py): a test CA, a partner's PKI."""
+"""Fixtures shared by several packages' tests: a test CA, a partner's PKI, the example configuration."""
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -9,6 +10,8 @@ import pytest
 import structlog
 
 from gateway.ca import authority
+
+CONFIG = Path(__file__).resolve().parents[2] / "config"
 
 
 @pytest.fixture
@@ -43,3 +46,16 @@ def partner(tmp_path: Path) -> Path:
     ]:
         authority.issue(ca, kind, name, tmp_path / "xb")
     return tmp_path
+
+
+@pytest.fixture
+def example(tmp_path: Path) -> Path:
+    """A copy of the shipped example configuration with freshly generated certificates."""
+    shutil.copytree(CONFIG, tmp_path / "config")
+    for gid in ("XA", "XB"):
+        base = tmp_path / "certs" / gid
+        authority.init_ca(f"{gid} CA", base / "ca")
+        authority.issue(base / "ca", "tls-server", "tls-server", base / "certs", sans=["127.0.0.1"])
+        authority.issue(base / "ca", "tls-client", "tls-client", base / "certs")
+        authority.issue(base / "ca", "signing", "signing", base / "certs")
+    return tmp_path / "config" / "gateway.toml"
