@@ -78,18 +78,19 @@ def test_registered_and_satisfy_protocol(name: str) -> None:
     assert adapter.name == name
 
 
-def test_shipped_schemas_are_unchanged_copies() -> None:
+@pytest.mark.parametrize("folder", ["xsd", "json-schema"])
+def test_shipped_schemas_are_unchanged_copies(folder: str) -> None:
     """The runtime copies in adapters/schemas/ncts-p5 have the upstream digests, with the licence."""
     upstream = {}
     for line in (TESTDATA / "SHA256SUMS").read_text().splitlines():
         digest, name = line.split()
-        upstream[name] = digest
+        if name.startswith(f"{folder}/"):
+            upstream[name] = digest
     shipped = {
         f"{folder}/{copy.name}": hashlib.sha256(copy.read_bytes()).hexdigest()
-        for folder in ("xsd", "json-schema")
         for copy in (SCHEMA_DIR / folder).iterdir()
     }
-    assert shipped == upstream
+    assert upstream and shipped == upstream
     assert (SCHEMA_DIR / "LICENSE").read_bytes() == (TESTDATA / "LICENSE").read_bytes()
 
 
