@@ -38,8 +38,8 @@ test-unit: venv
 	$(BIN)/python -m pytest --ignore=tests/integration $(PYTEST_ARGS)
 
 lint: venv
-	$(BIN)/ruff check gateway adapters tests bench
-	$(BIN)/ruff format --check gateway adapters tests bench
+	$(BIN)/ruff check gateway adapters maagw_testing tests bench
+	$(BIN)/ruff format --check gateway adapters maagw_testing tests bench
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 

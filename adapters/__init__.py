@@ -14,8 +14,9 @@ from importlib.metadata import entry_points
 from adapters.base import Adapter, Attachment, Document
 from gateway.errors import AdapterError, ErrorCode
 
-__all__ = ["Adapter", "Attachment", "Document", "available", "get"]
+__all__ = ["GROUP", "Adapter", "Attachment", "Document", "available", "get"]
 
+#: the entry-point group a third-party adapter registers under
 GROUP = "maagw.adapters"
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from gateway.audit.chain import AuditEvent
 from gateway.audit.log import AuditLog
 from gateway.service.logging import configure
-from gateway.testing.audit import (
+from maagw_testing.audit import (
     EcSigner,
     PgUnavailable,
     reset_audit_tables,

@@ -98,7 +98,7 @@ async def main(connections: int, rounds: int, settings: list[str], env: list[str
     from gateway.config.files import load_settings
     from gateway.demo import provision
     from gateway.relay.topology import Names
-    from gateway.testing.broker import delete_topology, start_gateway_process, unique_prefix
+    from maagw_testing.broker import delete_topology, start_gateway_process, unique_prefix
 
     root = Path(tempfile.mkdtemp(prefix="maagw-bench-conn-"))
     prefix = unique_prefix("bench")

@@ -19,7 +19,7 @@ import aio_pika
 
 from gateway.relay.broker import Relay
 from gateway.relay.topology import Names
-from gateway.testing.broker import RABBITMQ_URL, delete_topology
+from maagw_testing.broker import RABBITMQ_URL, delete_topology
 
 BODY = b"x" * 3000
 

@@ -142,7 +142,7 @@ async def main(seconds: float, clients: int, threads: int) -> None:
     from gateway.relay.topology import Names
     from gateway.service import logging as logsetup
     from gateway.service.gateway import Gateway
-    from gateway.testing.broker import delete_topology, unique_prefix
+    from maagw_testing.broker import delete_topology, unique_prefix
 
     logsetup.configure("console", "WARNING")
     root = Path(tempfile.mkdtemp(prefix="maagw-bench-tls-"))

@@ -52,7 +52,7 @@ from gateway.config.files import load_settings  # noqa: E402
 from gateway.config.models import Settings  # noqa: E402
 from gateway.demo import provision  # noqa: E402
 from gateway.relay.topology import Names  # noqa: E402
-from gateway.testing.broker import (  # noqa: E402
+from maagw_testing.broker import (  # noqa: E402
     RABBITMQ_URL,
     delete_topology,
     start_gateway_process,

@@ -1,8 +1,12 @@
-"""Fixtures shared by the whole suite."""
+"""Fixtures shared by the whole suite, each defined here once.
+
+Services and tools (RabbitMQ, PostgreSQL, xmlsec1) skip the tests that need them on a
+workstation without them, and fail those tests in CI (see ``maagw_testing.services``).
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -10,10 +14,15 @@ import structlog
 
 from gateway.config.models import Settings
 from gateway.relay.topology import Names
-from gateway.testing.broker import RABBITMQ_URL, delete_topology, provision_pair, require_service
-
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-SHARED_TESTDATA = PROJECT_ROOT.parent / "shared" / "testdata"
+from maagw_testing.audit import (
+    EcSigner,
+    PgUnavailable,
+    reset_audit_tables,
+    start_scratch_pg,
+    stop_scratch_pg,
+)
+from maagw_testing.broker import RABBITMQ_URL, delete_topology, provision_pair
+from maagw_testing.services import require_service, require_tool, unavailable
 
 
 @pytest.fixture(autouse=True)
@@ -40,3 +49,37 @@ async def pair(tmp_path: Path, rabbitmq: str) -> AsyncIterator[dict[str, Setting
     yield settings
     for s in settings.values():
         await delete_topology(rabbitmq, Names(s.broker.prefix), list(s.partners))
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """A scratch PostgreSQL database for this session, dropped afterwards."""
+    try:
+        url = start_scratch_pg()
+    except PgUnavailable as exc:
+        unavailable(str(exc))
+    yield url
+    stop_scratch_pg(url)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def audit_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """The URL of an empty audit store, once on SQLite and once on PostgreSQL."""
+    if request.param == "sqlite":
+        yield f"sqlite://{tmp_path / 'audit.db'}"
+        return
+    url: str = request.getfixturevalue("pg_url")
+    await reset_audit_tables(url)
+    yield url
+
+
+@pytest.fixture(scope="session")
+def checkpoint_signer() -> EcSigner:
+    """A throwaway key and certificate that sign audit checkpoints."""
+    return EcSigner.generate()
+
+
+@pytest.fixture(scope="session")
+def xmlsec1() -> str:
+    """The path of the xmlsec1 tool (the reference implementation the interop tests compare with)."""
+    return require_tool("xmlsec1")

@@ -10,8 +10,8 @@ from hypothesis import HealthCheck, given, settings
 import adapters
 from adapters import Adapter, Document
 from adapters.aeo_mra import CSV_COLUMNS, AeoMraCsvAdapter, AeoMraJsonAdapter
-from adapters.testing import bodies
 from gateway.errors import DecodeError, EncodeError
+from maagw_testing.adapters import bodies
 
 EXAMPLES = Path(__file__).parents[2] / "examples" / "aeo-mra"
 HEADER = ",".join(CSV_COLUMNS)

@@ -13,8 +13,8 @@ from lxml import etree
 import adapters
 from adapters import Adapter, Attachment, Document
 from adapters.maa_xml import MaaXmlAdapter, schema
-from adapters.testing import bodies, documents
 from gateway.errors import DecodeError, EncodeError
+from maagw_testing.adapters import bodies, documents
 
 EXAMPLES = Path(__file__).parents[2] / "examples"
 MAA_TYPES = ["maa.request", "maa.reply", "maa.spontaneous", "maa.refusal", "mra.aeo-status"]

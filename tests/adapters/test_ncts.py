@@ -1,12 +1,13 @@
 """Tests for adapters/ncts.py: NCTS phase-5 messages, XML <-> JSON by the official schemas.
 
-The samples come from ../shared/testdata/ncts-p5 and are classified as its README does
+The samples are tests/data/ncts-p5/samples, classified as tests/data/README.md does
 (file names do not always tell the truth). Each XSD 1.1 takes over a second to build:
 the adapters build one per message type per process, so this module pays that once.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from adapters import Adapter
 from adapters.ncts import MESSAGES, SCHEMA_DIR, xml_schema
 from gateway.errors import DecodeError
 
-TESTDATA = Path(__file__).parents[2].parent / "shared" / "testdata" / "ncts-p5"
+TESTDATA = Path(__file__).resolve().parents[1] / "data" / "ncts-p5"
 SAMPLES = TESTDATA / "samples"
 FIVE = tuple(m.lower() for m in MESSAGES)
 
@@ -53,13 +54,14 @@ INVALID_JSON = sorted(
     }
 )
 
-if not SAMPLES.is_dir():  # pragma: no cover - the shared test data is part of the workplace
-    pytest.skip(f"NCTS samples not found at {SAMPLES}", allow_module_level=True)
-
 
 def official_json_validator(code: str) -> jsonschema.Draft7Validator:
-    """The official JSON Schema, read from the shared test data (not the adapter's copy)."""
-    schema = json.loads((TESTDATA / "json-schema" / f"{code.lower()}-schema.json").read_text())
+    """The official JSON Schema, for the pure-Python validator (the adapter compiles its own).
+
+    Read from the adapter's copy, which test_shipped_schemas_are_unchanged_copies proves
+    byte for byte the upstream file.
+    """
+    schema = json.loads((SCHEMA_DIR / "json-schema" / f"{code.lower()}-schema.json").read_text())
     return jsonschema.Draft7Validator(schema)
 
 
@@ -78,9 +80,17 @@ def test_registered_and_satisfy_protocol(name: str) -> None:
 
 @pytest.mark.parametrize("folder", ["xsd", "json-schema"])
 def test_shipped_schemas_are_unchanged_copies(folder: str) -> None:
-    """The runtime copies in adapters/schemas/ncts-p5 equal the official files, with the licence."""
-    for copy in (SCHEMA_DIR / folder).iterdir():
-        assert copy.read_bytes() == (TESTDATA / folder / copy.name).read_bytes()
+    """The runtime copies in adapters/schemas/ncts-p5 have the upstream digests, with the licence."""
+    upstream = {}
+    for line in (TESTDATA / "SHA256SUMS").read_text().splitlines():
+        digest, name = line.split()
+        if name.startswith(f"{folder}/"):
+            upstream[name] = digest
+    shipped = {
+        f"{folder}/{copy.name}": hashlib.sha256(copy.read_bytes()).hexdigest()
+        for copy in (SCHEMA_DIR / folder).iterdir()
+    }
+    assert upstream and shipped == upstream
     assert (SCHEMA_DIR / "LICENSE").read_bytes() == (TESTDATA / "LICENSE").read_bytes()
 
 

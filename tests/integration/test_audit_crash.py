@@ -8,25 +8,16 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 from gateway.audit.log import AuditLog
-from gateway.testing.audit import (
-    PgUnavailable,
-    services_required,
-    start_scratch_pg,
-    stop_scratch_pg,
-)
 
 #: the child: many concurrent appenders, each printing a seq once append() returned it
 CHILD = r"""
 import asyncio, sys
 from gateway.audit.chain import AuditEvent
 from gateway.audit.log import AuditLog
-from gateway.testing.audit import EcSigner
+from maagw_testing.audit import EcSigner
 
 async def appender(log, n):
     i = 0
@@ -48,27 +39,6 @@ asyncio.run(main())
 """
 
 ACKS_BEFORE_KILL = 4000
-
-
-@pytest.fixture(scope="module")
-def pg_url() -> Iterator[str]:
-    """A scratch PostgreSQL database for this module, dropped afterwards."""
-    try:
-        url = start_scratch_pg()
-    except PgUnavailable as exc:
-        if services_required():
-            pytest.fail(str(exc))
-        pytest.skip(str(exc))
-    yield url
-    stop_scratch_pg(url)
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def crash_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite://{tmp_path / 'audit.db'}"
-    url: str = request.getfixturevalue("pg_url")
-    return url
 
 
 def burst_then_kill(url: str) -> set[int]:
@@ -100,13 +70,13 @@ def burst_then_kill(url: str) -> set[int]:
     return acked
 
 
-def test_kill_9_during_burst_keeps_every_acknowledged_entry(crash_url: str) -> None:
+def test_kill_9_during_burst_keeps_every_acknowledged_entry(audit_url: str) -> None:
     """After kill -9 mid-burst the chain verifies and every seq the child saw acked is present."""
-    acked = burst_then_kill(crash_url)
+    acked = burst_then_kill(audit_url)
     assert len(acked) >= ACKS_BEFORE_KILL
 
     async def check() -> None:
-        log = await AuditLog.open(crash_url, gateway_id="XA", create=False)
+        log = await AuditLog.open(audit_url, gateway_id="XA", create=False)
         try:
             report = await log.verify()
             head, _ = await log.head()

@@ -1,11 +1,11 @@
-"""PostgreSQL-only behaviour of gateway/audit.py (the shared suite in tests/gateway/test_audit.py
+"""PostgreSQL-only behaviour of gateway/audit.py (the shared suite in tests/gateway/audit/
 runs every other test on PostgreSQL too): several gateways writing one chain, concurrent migration.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import asyncpg  # type: ignore[import-untyped, unused-ignore]
 import pytest
@@ -13,43 +13,26 @@ import pytest
 from gateway.audit.chain import AuditEvent
 from gateway.audit.log import AuditLog
 from gateway.errors import AuditError
-from gateway.testing.audit import (
+from maagw_testing.audit import (
     EcSigner,
-    PgUnavailable,
     reset_audit_tables,
-    services_required,
-    start_scratch_pg,
-    stop_scratch_pg,
 )
 
 pytestmark = pytest.mark.postgres
 
 
-@pytest.fixture(scope="module")
-def pg_server() -> Iterator[str]:
-    """A scratch PostgreSQL database for this module, dropped afterwards."""
-    try:
-        url = start_scratch_pg()
-    except PgUnavailable as exc:
-        if services_required():
-            pytest.fail(str(exc))
-        pytest.skip(str(exc))
-    yield url
-    stop_scratch_pg(url)
-
-
 @pytest.fixture
-async def pg_url(pg_server: str) -> AsyncIterator[str]:
-    """The scratch database with no audit schema in it."""
-    await reset_audit_tables(pg_server)
-    yield pg_server
+async def empty_pg(pg_url: str) -> AsyncIterator[str]:
+    """The session's scratch database with no audit schema in it."""
+    await reset_audit_tables(pg_url)
+    yield pg_url
 
 
-async def test_two_gateways_share_one_linear_chain(pg_url: str) -> None:
+async def test_two_gateways_share_one_linear_chain(empty_pg: str) -> None:
     """Two gateway instances appending at once to one database build one chain that verifies."""
     signer = EcSigner.generate()
     logs = [
-        await AuditLog.open(pg_url, gateway_id=gid, checkpoint_signer=signer, checkpoint_every=50)
+        await AuditLog.open(empty_pg, gateway_id=gid, checkpoint_signer=signer, checkpoint_every=50)
         for gid in ("XA", "XA-2")
     ]
     try:
@@ -67,7 +50,7 @@ async def test_two_gateways_share_one_linear_chain(pg_url: str) -> None:
             await log.close()
     seqs = [s for r in results for s in r]
     assert sorted(seqs) == list(range(1, len(seqs) + 1))
-    check = await AuditLog.open(pg_url, gateway_id="XA")
+    check = await AuditLog.open(empty_pg, gateway_id="XA")
     try:
         report = await check.verify(trusted_certs=[signer.cert])
         gateways = {e.gateway for e in await check.search(limit=10_000)}
@@ -77,12 +60,12 @@ async def test_two_gateways_share_one_linear_chain(pg_url: str) -> None:
     assert gateways == {"XA", "XA-2"}
 
 
-async def test_concurrent_opens_migrate_once(pg_url: str) -> None:
+async def test_concurrent_opens_migrate_once(empty_pg: str) -> None:
     """Gateways starting together on an empty database apply each migration exactly once."""
-    logs = await asyncio.gather(*(AuditLog.open(pg_url, gateway_id="XA") for _ in range(4)))
+    logs = await asyncio.gather(*(AuditLog.open(empty_pg, gateway_id="XA") for _ in range(4)))
     for log in logs:
         await log.close()
-    con = await asyncpg.connect(pg_url)
+    con = await asyncpg.connect(empty_pg)
     try:
         versions = [
             r[0] for r in await con.fetch("SELECT version FROM audit_schema_version ORDER BY 1")

@@ -17,10 +17,10 @@ from gateway.demo import provision
 from gateway.relay.back_office import BackOffice
 from gateway.relay.topology import Names
 from gateway.service.gateway import Gateway
-from gateway.testing.broker import RABBITMQ_URL, delete_topology, unique_prefix
 from gateway.xml import envelope as env
 from gateway.xml import safe as xmlsafe
 from gateway.xml import signature as signing
+from maagw_testing.broker import RABBITMQ_URL, delete_topology, unique_prefix
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 REQUEST = (EXAMPLES / "national-json" / "maa.request.json").read_bytes()

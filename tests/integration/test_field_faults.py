@@ -34,16 +34,16 @@ from gateway.relay.back_office import BackOffice, open_office
 from gateway.relay.broker import Relay
 from gateway.relay.topology import Names
 from gateway.service.gateway import Gateway
-from gateway.testing.audit import create_scratch_db, drop_scratch_db, pg_reachable
-from gateway.testing.broker import (
+from maagw_testing.audit import create_scratch_db, drop_scratch_db, pg_reachable
+from maagw_testing.broker import (
     account,
     delete_topology,
     publish_many,
-    services_required,
     start_gateway_process,
     unique_prefix,
     unmarked_duplicates,
 )
+from maagw_testing.services import services_required
 
 ROOT = Path(__file__).resolve().parents[2]
 REQUEST = (ROOT / "examples" / "national-json" / "maa.request.json").read_bytes()
@@ -306,7 +306,7 @@ async def test_audit_connections_killed_and_refused_for_10_seconds_stall_nothing
     """XA's PostgreSQL audit connections terminated and refused for 10 s: the flow resumes, 0 lost."""
     import asyncpg  # type: ignore[import-untyped, unused-ignore]
 
-    from gateway.testing.audit import PG_ADMIN_URL
+    from maagw_testing.audit import PG_ADMIN_URL
 
     problem = await pg_reachable()
     if problem is not None:

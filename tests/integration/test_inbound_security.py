@@ -39,11 +39,11 @@ from gateway.errors import http_status
 from gateway.relay.back_office import BackOffice
 from gateway.relay.topology import Names
 from gateway.service.gateway import Gateway
-from gateway.testing.broker import RABBITMQ_URL, delete_topology, unique_prefix
 from gateway.xml import envelope
 from gateway.xml import signature as signing
 from gateway.xml.envelope import Header, Receipt
 from gateway.xml.signature import Signer
+from maagw_testing.broker import RABBITMQ_URL, delete_topology, unique_prefix
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "maa-xml"
 REQUEST_XML = (EXAMPLES / "maa.request.xml").read_bytes()

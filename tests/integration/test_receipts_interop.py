@@ -19,20 +19,8 @@ from test_inbound_security import back_office, link, running
 
 from gateway.ca import authority
 from gateway.config.models import Settings
-from gateway.testing.broker import services_required
 
 NATIONAL = Path(__file__).resolve().parents[2] / "examples" / "national-json"
-
-
-@pytest.fixture(scope="module")
-def xmlsec1() -> str:
-    """The xmlsec1 binary (skips on a developer machine without it; fails in CI)."""
-    path = shutil.which("xmlsec1")
-    if path is None:
-        if services_required():
-            pytest.fail("xmlsec1 is required here: apt-get install -y xmlsec1")
-        pytest.skip("xmlsec1 not installed (apt-get install -y xmlsec1)")
-    return path
 
 
 async def xmlsec1_verify(tool: str, trusted_ca: Path, document: Path) -> tuple[int, str]:

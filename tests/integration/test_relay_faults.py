@@ -23,7 +23,7 @@ from gateway.demo import provision
 from gateway.relay.back_office import BackOffice, open_office
 from gateway.relay.topology import Names
 from gateway.service.gateway import Gateway
-from gateway.testing.broker import (
+from maagw_testing.broker import (
     account,
     close_broker_connections,
     collect,

@@ -21,7 +21,7 @@ from gateway.ca import authority
 from gateway.config.models import Settings
 from gateway.errors import RelayError
 from gateway.service.gateway import Gateway
-from gateway.testing.broker import RABBITMQ_URL
+from maagw_testing.broker import RABBITMQ_URL
 
 PING = b"GET /v1/ping HTTP/1.1\r\nHost: gw.xb.test\r\n\r\n"
 

@@ -33,9 +33,9 @@ from gateway.config.models import Settings
 from gateway.demo import provision
 from gateway.relay.topology import Names
 from gateway.service.gateway import Gateway
-from gateway.testing.broker import delete_topology, unique_prefix
 from gateway.xml import envelope
 from gateway.xml.signature import Signer
+from maagw_testing.broker import delete_topology, unique_prefix
 
 IDS = ("XA", "XB", "XC")
 NOW = dt.datetime.now(dt.UTC)

@@ -18,7 +18,7 @@ from gateway.config.files import load_settings
 from gateway.demo import provision
 from gateway.relay.back_office import BackOffice
 from gateway.relay.topology import Names
-from gateway.testing.broker import (
+from maagw_testing.broker import (
     RABBITMQ_URL,
     delete_topology,
     start_gateway_process,

@@ -6,8 +6,6 @@ developer machine without it; with ``CI`` or ``MAAGW_REQUIRE_SERVICES`` set they
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -48,16 +46,6 @@ TEMPLATE = """<?xml version="1.0" encoding="UTF-8"?>
 """
 
 METHODS = {"ec": "ecdsa-sha256", "rsa": "rsa-sha256"}
-
-
-@pytest.fixture(scope="module")
-def xmlsec1() -> str:
-    path = shutil.which("xmlsec1")
-    if path is None:
-        if os.environ.get("CI") or os.environ.get("MAAGW_REQUIRE_SERVICES"):
-            pytest.fail("xmlsec1 is required here: apt-get install -y xmlsec1")
-        pytest.skip("xmlsec1 not installed (apt-get install -y xmlsec1)")
-    return path
 
 
 def _name(cn: str) -> x509.Name:

@@ -35,17 +35,13 @@ from gateway.partner_client.memory import (
 )
 from gateway.relay.topology import Names
 from gateway.service.gateway import Gateway
-from gateway.testing.broker import (
-    RABBITMQ_URL,
-    delete_topology,
-    provision_pair,
-    require_service,
-)
 from gateway.trust.identity import TrustStore
 from gateway.xml import envelope
 from gateway.xml import safe as xmlsafe
 from gateway.xml import signature as signing
 from gateway.xml.envelope import Header, Receipt
+from maagw_testing.broker import RABBITMQ_URL, delete_topology, provision_pair
+from maagw_testing.services import require_service
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples" / "maa-xml"
 

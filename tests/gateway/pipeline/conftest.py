@@ -25,9 +25,9 @@ from gateway.pipeline.runtime import Runtime
 from gateway.relay.memory import MemoryDelivery, MemoryRelay
 from gateway.relay.topology import Names
 from gateway.state.sqlite import Store
-from gateway.testing.broker import provision_pair
 from gateway.trust.identity import TrustStore
 from gateway.xml.signature import Signer
+from maagw_testing.broker import provision_pair
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 AGREEMENT = "xa-xb-maa"

@@ -22,12 +22,8 @@ from gateway.relay.broker import Relay
 from gateway.relay.memory import MemoryBroker, MemoryRelay
 from gateway.relay.message import IncomingMessage, RelayPort
 from gateway.relay.topology import DELIVERY_LIMIT, Names
-from gateway.testing.broker import (
-    RABBITMQ_URL,
-    delete_topology,
-    require_service,
-    unique_prefix,
-)
+from maagw_testing.broker import RABBITMQ_URL, delete_topology, unique_prefix
+from maagw_testing.services import require_service
 
 PARTNER = "XA"
 

@@ -1,1 +1,0 @@
-"""Helpers for the test suite and the benchmarks (never used by a running gateway)."""
