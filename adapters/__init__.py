@@ -14,10 +14,33 @@ from importlib.metadata import entry_points
 from adapters.base import Adapter, Attachment, Document
 from gateway.errors import AdapterError, ErrorCode
 
-__all__ = ["GROUP", "Adapter", "Attachment", "Document", "available", "get"]
+__all__ = [
+    "DEFAULT_EXCHANGE_FORMAT",
+    "FORMAT_BY_SUFFIX",
+    "GROUP",
+    "Adapter",
+    "Attachment",
+    "Document",
+    "available",
+    "format_for_file",
+    "get",
+]
 
 #: the entry-point group a third-party adapter registers under
 GROUP = "maagw.adapters"
+
+#: the exchange format an agreement uses when it names none, and the back office's inbound
+#: format by default: the gateway's WCO-aligned MAA XML
+DEFAULT_EXCHANGE_FORMAT = "maa-xml"
+
+#: the adapter a message file is read with when the command line names none
+FORMAT_BY_SUFFIX = {".json": "national-json", ".xml": "maa-xml", ".csv": "aeo-mra-csv"}
+
+
+def format_for_file(name: str) -> str | None:
+    """The adapter for a file by its suffix (``FORMAT_BY_SUFFIX``), or None."""
+    dot = name.rfind(".")
+    return FORMAT_BY_SUFFIX.get(name[dot:].lower()) if dot >= 0 else None
 
 
 def available() -> list[str]:

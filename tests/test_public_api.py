@@ -71,6 +71,9 @@ ADAPTERS_API = {
     "available": FUNCTION,
     "get": FUNCTION,
     "GROUP": CONSTANT,
+    "DEFAULT_EXCHANGE_FORMAT": CONSTANT,
+    "FORMAT_BY_SUFFIX": CONSTANT,
+    "format_for_file": FUNCTION,
 }
 
 

@@ -32,10 +32,6 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-#: the adapter assumed for a message file when --format is not given
-FORMAT_BY_SUFFIX = {".json": "national-json", ".xml": "maa-xml", ".csv": "aeo-mra-csv"}
-
-
 def _one_line_errors(func: Callable[P, R]) -> Callable[P, R]:
     """Turn a GatewayError into one line on stderr and exit 2 (config) or 1."""
 
@@ -222,7 +218,7 @@ def explain_(
     agreements_dir: Path | None,
 ) -> None:
     """Decide whether a message may pass, without sending it; exit 1 if refused."""
-    fmt = fmt or FORMAT_BY_SUFFIX.get(message_file.suffix.lower())
+    fmt = fmt or adapters.format_for_file(message_file.name)
     if fmt is None:
         raise click.BadParameter(
             f"cannot tell the format of {message_file.name}; name it", param_hint="--format"

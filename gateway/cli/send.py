@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+import adapters
 from gateway.cli.common import config_option, one_line_errors, settings_from
 from gateway.cli.serve import broker_reason
 from gateway.config.models import Settings
@@ -163,8 +164,7 @@ def _knows_request(
 
 
 def _format_for(file: Path) -> str:
-    by_suffix = {".json": "national-json", ".xml": "maa-xml", ".csv": "aeo-mra-csv"}
-    try:
-        return by_suffix[file.suffix.lower()]
-    except KeyError:
-        raise click.UsageError(f"cannot tell the format of {file.name}; pass --format") from None
+    fmt = adapters.format_for_file(file.name)
+    if fmt is None:
+        raise click.UsageError(f"cannot tell the format of {file.name}; pass --format")
+    return fmt

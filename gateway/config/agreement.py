@@ -18,6 +18,7 @@ from typing import Any, Literal
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
+from adapters import DEFAULT_EXCHANGE_FORMAT
 from gateway.errors import ConfigError
 
 #: message types each kind of agreement may govern
@@ -100,7 +101,7 @@ class Agreement(BaseModel, frozen=True, extra="forbid"):
     valid_until: date
     status: Literal["active", "suspended", "terminated"]
     status_reason: str = ""
-    exchange_format: str = "maa-xml"
+    exchange_format: str = DEFAULT_EXCHANGE_FORMAT
     retention_days: int = Field(gt=0)
     delivery: Delivery = Field(default_factory=Delivery)
     flows: dict[str, Flow] = Field(min_length=1)

@@ -8,6 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from adapters import DEFAULT_EXCHANGE_FORMAT
 from gateway.config.agreement import Agreement
 
 
@@ -100,7 +101,7 @@ class CrlSection(_Model):
 
 class BackOfficeSection(_Model):
     #: the adapter the back office wants inbound messages in
-    inbound_format: str = "maa-xml"
+    inbound_format: str = DEFAULT_EXCHANGE_FORMAT
 
 
 class DeliverySection(_Model):
