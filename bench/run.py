@@ -448,7 +448,7 @@ class Bench:
         channel = await self.connection.channel()
         for q in names.values():
             await channel.declare_queue(q, durable=True, arguments={"x-queue-type": "quorum"})
-        from gateway.service.gateway import free_port
+        from gateway.service.listeners import free_port
 
         port = free_port()
         port_arg = ["--port", str(port)]

@@ -76,7 +76,7 @@ def provision(
     ``admin_token``: also write ``root/<ID>/admin.token`` (mode 0600) and name it as
     ``[admin] token_file``, so that ``/readyz`` and ``maagw reload`` work.
     """
-    from gateway.service.gateway import free_port
+    from gateway.service.listeners import free_port
 
     prefixes = prefixes or {gid: f"{gid.lower()}." for gid in ids}
     ports = {gid: (free_port(), free_port()) for gid in ids}

@@ -1,0 +1,36 @@
+"""Housekeeping of the state store: forget what the replay window no longer needs."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import structlog
+
+from gateway.errors import GatewayError
+from gateway.state.sqlite import Store
+from gateway.xml.envelope import DUPLICATE_RETENTION_SECONDS, FUTURE_SKEW_SECONDS
+
+log = structlog.get_logger(__name__)
+
+
+#: how often the state store forgets claims and outbox entries past the replay window
+HOUSEKEEPING_SECONDS = 3600.0
+
+
+#: how long a claim is kept: the replay window counts from the claim, and an envelope may
+#: be dated up to the allowed skew ahead of it; an hour more for good measure
+CLAIM_RETENTION_SECONDS = DUPLICATE_RETENTION_SECONDS + FUTURE_SKEW_SECONDS + 3600
+
+
+async def housekeep(store: Store) -> None:
+    """Hourly, until cancelled: forget duplicate claims and outbox entries past the window."""
+    while True:
+        try:
+            gone = await store.housekeep(time.time(), CLAIM_RETENTION_SECONDS)
+        except GatewayError as exc:
+            log.warning("housekeeping_failed", code=exc.code, reason=exc.reason)
+        else:
+            if any(gone.values()):
+                log.info("housekeeping_done", **gone)
+        await asyncio.sleep(HOUSEKEEPING_SECONDS)
