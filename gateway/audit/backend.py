@@ -109,7 +109,7 @@ def chain_rows(
     return rows
 
 
-class Store(Protocol):
+class AuditStore(Protocol):
     """What ``AuditLog`` needs from a backend."""
 
     async def write_batch(

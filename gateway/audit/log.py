@@ -36,13 +36,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 
 from gateway.audit.backend import (
     CHUNK,
+    AuditStore,
     Checkpoint,
     EvidenceInfo,
     EvidenceItem,
     Pending,
     Progress,
     SearchFilter,
-    Store,
 )
 from gateway.audit.certs import CERT_RECORDED, CertRecord, RecordedTrust, record_from
 from gateway.audit.chain import (
@@ -64,7 +64,7 @@ from gateway.health import Health
 from gateway.tasks import spawn
 
 
-async def open_store(url: str, *, create: bool = True, migrate: bool = True) -> Store:
+async def open_store(url: str, *, create: bool = True, migrate: bool = True) -> AuditStore:
     """The store a URL names: ``postgresql://…`` or ``sqlite:///path`` / a plain path.
 
     ``migrate=False`` is for read-only helpers (verify workers): no schema check, no lock.
@@ -114,7 +114,7 @@ class AuditLog:
 
     def __init__(
         self,
-        store: Store,
+        store: AuditStore,
         *,
         gateway_id: str,
         checkpoint_signer: CheckpointSigner | None,

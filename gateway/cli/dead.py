@@ -31,7 +31,7 @@ from gateway.contract import GATEWAY_HEADERS
 from gateway.errors import ConfigError, DeadLetterError, ErrorCode, RelayError
 from gateway.relay.broker import Relay
 from gateway.relay.topology import Names
-from gateway.state.sqlite import Store
+from gateway.state.sqlite import StateStore
 from gateway.state.store import DeadLetter
 
 #: headers the gateway adds when it dead-letters or retries; dropped on replay
@@ -57,7 +57,7 @@ async def _with_store(settings: Settings, fn: Any) -> Any:
     path = settings.state_dir / "state.db"
     if not path.exists():
         raise ConfigError(f"{path}: no state store (has this gateway run?)")
-    store = await Store.open(path)
+    store = await StateStore.open(path)
     try:
         return await fn(store)
     finally:
@@ -65,7 +65,7 @@ async def _with_store(settings: Settings, fn: Any) -> Any:
 
 
 async def _with_store_and_audit(settings: Settings, fn: Any) -> Any:
-    async def both(store: Store) -> Any:
+    async def both(store: StateStore) -> Any:
         audit = await AuditLog.open(
             settings.audit_url, gateway_id=settings.gateway_id, create=False
         )
@@ -102,7 +102,7 @@ def list_dead(config_path: Path | None, limit: int) -> None:
     """One line per dead letter, newest first."""
     settings = settings_from(config_path)
 
-    async def rows(store: Store, audit: AuditLog) -> list[tuple[DeadLetter, Entry | None]]:
+    async def rows(store: StateStore, audit: AuditLog) -> list[tuple[DeadLetter, Entry | None]]:
         return [(d, await resolution(audit, d)) for d in await store.dead_list(limit)]
 
     items: list[tuple[DeadLetter, Entry | None]] = asyncio.run(
@@ -130,7 +130,7 @@ def show_dead(config_path: Path | None, dead_id: int) -> None:
     """Everything kept of one dead letter (properties, reason; the body on request)."""
     settings = settings_from(config_path)
 
-    async def one(store: Store, audit: AuditLog) -> tuple[DeadLetter | None, Entry | None]:
+    async def one(store: StateStore, audit: AuditLog) -> tuple[DeadLetter | None, Entry | None]:
         item = await store.dead_get(dead_id)
         return item, (await resolution(audit, item) if item is not None else None)
 
@@ -174,7 +174,7 @@ def replay_dead(config_path: Path | None, dead_id: int, actor: str | None, again
     settings = settings_from(config_path)
     actor = actor or f"os:{getpass.getuser()}"
 
-    async def run(store: Store, audit: AuditLog) -> tuple[DeadLetter, str]:
+    async def run(store: StateStore, audit: AuditLog) -> tuple[DeadLetter, str]:
         item = await store.dead_get(dead_id)
         if item is None:
             raise DeadLetterError(f"no dead letter {dead_id}", code=ErrorCode.DEAD_NOT_FOUND)

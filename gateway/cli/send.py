@@ -147,14 +147,14 @@ def _knows_request(
     settings: Settings, agreement_id: str, partner: str, correlation_id: str | None
 ) -> bool:
     """Whether ``partner`` sent request ``correlation_id`` under the agreement (state store)."""
-    from gateway.state.sqlite import Store
+    from gateway.state.sqlite import StateStore
 
     path = settings.state_dir / "state.db"
     if not correlation_id or not path.exists():
         return False
 
     async def ask() -> bool:
-        store = await Store.open(path)
+        store = await StateStore.open(path)
         try:
             return await store.knows_request(agreement_id, partner, correlation_id)
         finally:

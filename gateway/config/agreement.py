@@ -40,7 +40,7 @@ _SEGMENT = re.compile(r"^[^.*]+$")
 # --- the agreement model ------------------------------------------------------------------
 
 
-class Delivery(BaseModel):
+class DeliveryTerms(BaseModel):
     """How the relay retries deliveries under this agreement."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -103,7 +103,7 @@ class Agreement(BaseModel, frozen=True, extra="forbid"):
     status_reason: str = ""
     exchange_format: str = DEFAULT_EXCHANGE_FORMAT
     retention_days: int = Field(gt=0)
-    delivery: Delivery = Field(default_factory=Delivery)
+    delivery: DeliveryTerms = Field(default_factory=DeliveryTerms)
     flows: dict[str, Flow] = Field(min_length=1)
 
     # Precomputed at load so that evaluate() does set and dict look-ups only.

@@ -67,7 +67,7 @@ from gateway.service.reload import (
     own_certificates,
     record_signing_cert,
 )
-from gateway.state.sqlite import Store
+from gateway.state.sqlite import StateStore
 from gateway.trust import crl
 from gateway.trust.identity import TrustStore
 from gateway.xml.signature import Signer
@@ -88,7 +88,7 @@ class Gateway:
         self.settings = settings
         #: index of this process under ``serve --workers N`` (None: the only process)
         self.worker = worker
-        #: this run of the process (claims made now carry it; see Store.take_over_claims)
+        #: this run of the process (claims made now carry it; see StateStore.take_over_claims)
         self.boot = uuid.uuid4().hex[:12]
         self.runtime: Runtime
         #: partner -> its open, authenticated connections
@@ -171,7 +171,7 @@ class Gateway:
         self.own_certs = own_certificates(s)
         signer = Signer.from_files(s.signing.key, s.signing.cert)
         s.state_dir.mkdir(parents=True, exist_ok=True)
-        store = await Store.open(s.state_dir / "state.db", owner=self.instance, boot=self.boot)
+        store = await StateStore.open(s.state_dir / "state.db", owner=self.instance, boot=self.boot)
         taken = await store.take_over_claims()
         if taken:
             # this instance's previous process died while publishing these: the senders'

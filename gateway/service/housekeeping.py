@@ -8,7 +8,7 @@ import time
 import structlog
 
 from gateway.errors import GatewayError
-from gateway.state.sqlite import Store
+from gateway.state.sqlite import StateStore
 from gateway.xml.envelope import DUPLICATE_RETENTION_SECONDS, FUTURE_SKEW_SECONDS
 
 log = structlog.get_logger(__name__)
@@ -23,7 +23,7 @@ HOUSEKEEPING_SECONDS = 3600.0
 CLAIM_RETENTION_SECONDS = DUPLICATE_RETENTION_SECONDS + FUTURE_SKEW_SECONDS + 3600
 
 
-async def housekeep(store: Store) -> None:
+async def housekeep(store: StateStore) -> None:
     """Hourly, until cancelled: forget duplicate claims and outbox entries past the window."""
     while True:
         try:

@@ -117,8 +117,8 @@ def _io_failure(exc: BaseException) -> bool:
     return isinstance(exc, sqlite3.Error) and isinstance(name, str) and name.startswith(_IO_ERRORS)
 
 
-class Store:
-    """The state store; open with ``await Store.open(path)``.
+class StateStore:
+    """The state store; open with ``await StateStore.open(path)``.
 
     ``owner`` names the gateway instance (process) whose claims these are and ``boot``
     this run of it; see ``take_over_claims``.
@@ -135,7 +135,7 @@ class Store:
         self.health = Health("state", self.probe)
 
     @classmethod
-    async def open(cls, path: Path, *, owner: str = "-", boot: str = "-") -> Store:
+    async def open(cls, path: Path, *, owner: str = "-", boot: str = "-") -> StateStore:
         store = cls(path, owner=owner, boot=boot)
         await store._run(store._open)
         return store

@@ -10,7 +10,7 @@ from structlog.testing import capture_logs
 
 from gateway.errors import ErrorCode, StoreError
 from gateway.service import housekeeping
-from gateway.state.sqlite import Store
+from gateway.state.sqlite import StateStore
 from gateway.xml.envelope import DUPLICATE_RETENTION_SECONDS, FUTURE_SKEW_SECONDS
 
 
@@ -36,7 +36,7 @@ class FakeStore:
 async def _rounds(store: FakeStore, monkeypatch: pytest.MonkeyPatch, n: int) -> None:
     monkeypatch.setattr(housekeeping, "HOUSEKEEPING_SECONDS", 0.0)
     store.wanted = n
-    task = asyncio.create_task(housekeeping.housekeep(cast(Store, store)))
+    task = asyncio.create_task(housekeeping.housekeep(cast(StateStore, store)))
     await asyncio.wait_for(store.done.wait(), timeout=5)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):

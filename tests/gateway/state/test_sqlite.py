@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from gateway.errors import StoreError
-from gateway.state.sqlite import Store
+from gateway.state.sqlite import StateStore
 
 
 def _committed(path: Path, message_id: str) -> bool:
@@ -24,7 +24,7 @@ def _committed(path: Path, message_id: str) -> bool:
 async def test_each_call_returns_only_after_its_write_is_committed(tmp_path: Path) -> None:
     """Many concurrent calls share commits, yet each one's row is visible elsewhere when it returns."""
     path = tmp_path / "state.db"
-    store = await Store.open(path)
+    store = await StateStore.open(path)
     try:
 
         async def put(i: int) -> bool:
@@ -41,7 +41,7 @@ async def test_each_call_returns_only_after_its_write_is_committed(tmp_path: Pat
 async def test_a_failing_call_is_rolled_back_alone(tmp_path: Path) -> None:
     """A call that fails in a shared transaction fails alone; the calls beside it commit."""
     path = tmp_path / "state.db"
-    store = await Store.open(path)
+    store = await StateStore.open(path)
     try:
 
         def broken(db: sqlite3.Connection) -> None:
@@ -66,7 +66,7 @@ async def test_a_failing_call_is_rolled_back_alone(tmp_path: Path) -> None:
 
 async def test_a_failed_commit_fails_its_batch_and_leaves_the_store_usable(tmp_path: Path) -> None:
     """When COMMIT itself fails, every caller of that batch gets an error and the next call works."""
-    store = await Store.open(tmp_path / "state.db")
+    store = await StateStore.open(tmp_path / "state.db")
     try:
 
         def prepare(db: sqlite3.Connection) -> None:
@@ -95,7 +95,7 @@ async def test_a_failed_commit_fails_its_batch_and_leaves_the_store_usable(tmp_p
 
 async def test_a_call_after_close_is_refused(tmp_path: Path) -> None:
     """A closed store answers with a StoreError, not a hang."""
-    store = await Store.open(tmp_path / "state.db")
+    store = await StateStore.open(tmp_path / "state.db")
     await store.close()
     with pytest.raises(StoreError):
         await store.outbox_get("m")
@@ -106,7 +106,7 @@ async def test_housekeeping_forgets_only_what_the_replay_window_no_longer_needs(
     tmp_path: Path, chunk: int
 ) -> None:
     """Claims past the window go whatever their state, recent ones stay; the outbox keeps twice the window."""
-    store = await Store.open(tmp_path / "state.db")
+    store = await StateStore.open(tmp_path / "state.db")
     day = 24 * 3600.0
     now = 100 * day
     try:
@@ -156,7 +156,7 @@ async def test_of_two_replays_of_one_dead_letter_at_once_only_one_is_recorded(
     tmp_path: Path,
 ) -> None:
     """Two simultaneous first replays of a dead letter: exactly one is recorded; ``again`` always is, and an undo restores the time."""
-    store = await Store.open(tmp_path / "state.db")
+    store = await StateStore.open(tmp_path / "state.db")
     try:
         dead_id = await store.dead_put(
             message_id="m-1",
@@ -194,8 +194,8 @@ async def _claim_row(path: Path, message_id: str) -> tuple[str, str | None, str 
 async def test_a_restarted_owner_takes_over_its_dead_runs_claims_at_once(tmp_path: Path) -> None:
     """Claims left 'claimed' by an earlier run of the same owner become 'uncertain'; others stay."""
     path = tmp_path / "state.db"
-    dead = await Store.open(path, owner="gw-1", boot="run-1")
-    other = await Store.open(path, owner="gw-2", boot="run-9")
+    dead = await StateStore.open(path, owner="gw-1", boot="run-1")
+    other = await StateStore.open(path, owner="gw-2", boot="run-9")
     try:
         await dead.claim("XA", "crashed", "sha256:a", stale_after=60.0)
         await dead.claim("XA", "done", "sha256:b", stale_after=60.0)
@@ -204,7 +204,7 @@ async def test_a_restarted_owner_takes_over_its_dead_runs_claims_at_once(tmp_pat
         assert await _claim_row(path, "crashed") == ("claimed", "gw-1", "run-1")
     finally:
         await dead.close()
-    restarted = await Store.open(path, owner="gw-1", boot="run-2")
+    restarted = await StateStore.open(path, owner="gw-1", boot="run-2")
     try:
         assert await restarted.take_over_claims() == 1
         assert (await _claim_row(path, "crashed"))[0] == "uncertain"
@@ -233,7 +233,7 @@ async def test_a_store_from_before_owners_gains_the_columns_and_its_claims_are_t
             "PRIMARY KEY (sender, message_id))"
         )
         db.execute("INSERT INTO claims VALUES ('XA', 'old', 'sha256:a', 'claimed', NULL, 1.0)")
-    store = await Store.open(path, owner="gw-1", boot="run-1")
+    store = await StateStore.open(path, owner="gw-1", boot="run-1")
     try:
         assert await store.take_over_claims() == 1
         assert await _claim_row(path, "old") == ("uncertain", None, None)
@@ -265,7 +265,7 @@ async def test_a_full_disk_is_one_episode_and_the_probe_notices_the_recovery(
     """Writes failing on a full disk log one error, make the store unhealthy, and a probe ends it."""
     from structlog.testing import capture_logs
 
-    store = await Store.open(tmp_path / "state.db")
+    store = await StateStore.open(tmp_path / "state.db")
     disk = _FullDisk(store._db)  # type: ignore[arg-type]
     store._db = disk  # type: ignore[assignment]
     store.health._every, store.health._quiet = 0.05, 0.5
@@ -300,7 +300,7 @@ async def test_a_full_disk_is_one_episode_and_the_probe_notices_the_recovery(
 
 async def test_a_bad_statement_is_not_a_store_failure(tmp_path: Path) -> None:
     """A call failing on its own SQL fails alone and leaves the store healthy (not a disk fault)."""
-    store = await Store.open(tmp_path / "state.db")
+    store = await StateStore.open(tmp_path / "state.db")
     try:
         with pytest.raises(StoreError):
             await store._tx(lambda db: db.execute("INSERT INTO no_such_table VALUES (1)"))
