@@ -7,7 +7,7 @@
              queue with a confirm and answers 200.
 
 Both use the TLS contexts the gateways build from the same provisioned files
-(``gateway.tls.TrustStore``): the sender is XA's configuration, the receiver XB's.
+(``gateway.trust.identity.TrustStore``): the sender is XA's configuration, the receiver XB's.
 
 Run: ``python bench/_peer.py receiver --config XB/gateway.toml --queue OUT --port P``
      ``python bench/_peer.py sender --config XA/gateway.toml --queue IN --port P``

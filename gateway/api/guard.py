@@ -10,7 +10,7 @@ deadline (``[partner_api]`` settings)::
     closed quietly       aborted; logged and audited, HTTP_HEADER_TIMEOUT          ▼ aborted quietly
 
 In ``request`` the body is read under ``body_timeout`` by the handler that reads it
-(``gateway.inbound.read_body``), which closes the connection with ``Guard.close``
+(``gateway.api.partner.read_body``), which closes the connection with ``Guard.close``
 (``HTTP_BODY_TIMEOUT``, logged and audited). aiohttp's own ``keepalive_timeout`` does not
 do this: it counts from the connection's start or its last answer whatever arrives
 meanwhile (a head trickling in is not told from silence), closes without a word, and

@@ -3,9 +3,9 @@
 Every exchange step appends an ``AuditEvent``; ``append`` returns the entry's sequence
 number only once the entry is committed, so no exchange is acknowledged without its
 entry. Appends that wait at the same moment are group-committed: one writer task
-drains them all into one transaction (``audit_store``), then resolves their futures.
+drains them all into one transaction (``audit.backend``), then resolves their futures.
 
-Entries form a SHA-256 hash chain (``audit_chain`` documents the canonical bytes).
+Entries form a SHA-256 hash chain (``audit.chain`` documents the canonical bytes).
 Every ``checkpoint_every`` entries or ``checkpoint_seconds`` seconds the gateway signs
 (seq, head hash, time) with its signing key; ``verify`` recomputes the chain, checks the
 checkpoint signatures and names the first bad sequence number. ``export`` writes a
@@ -93,7 +93,7 @@ MIN_SEGMENT = CHUNK
 
 
 class CheckpointSigner(Protocol):
-    """Signs checkpoints; ``gateway.signing.Signer`` is one."""
+    """Signs checkpoints; ``gateway.xml.signature.Signer`` is one."""
 
     @property
     def cert(self) -> x509.Certificate: ...
@@ -423,7 +423,7 @@ class AuditLog:
         return await self._store.checkpoints()
 
     async def cert_records(self) -> list[CertRecord]:
-        """The signing certificates recorded in the log (``gateway.audit_certs``), in seq order."""
+        """The signing certificates recorded in the log (``gateway.audit.certs``), in seq order."""
         entries = await self._store.search(SearchFilter(event=CERT_RECORDED, limit=1_000_000))
         found = (record_from(e.seq, e.event, e.code, e.details_obj()) for e in entries)
         return [r for r in found if r is not None]
@@ -457,7 +457,7 @@ class AuditLog:
 
         With ``trusted_certs`` (and/or ``trusted_cas``), a checkpoint must be signed by
         one of ``trusted_certs`` or by a signing certificate recorded in the log and
-        issued by one of ``trusted_cas`` (``gateway.audit_certs`` has the rule);
+        issued by one of ``trusted_cas`` (``gateway.audit.certs`` has the rule);
         anything else is a fault.
         Logs of ``PARALLEL_MIN`` entries or more are split into seq ranges verified by
         ``workers`` processes (default: up to 4, one per CPU) and stitched together;

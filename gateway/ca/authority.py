@@ -1,8 +1,10 @@
-"""The operator's certificate toolkit: CA, issue, revoke, CRL, check, rotate, import.
+"""The operator's certificate authority: create a CA, issue, revoke, publish a CRL.
 
-Plain functions over the ``cryptography`` library; ``gateway.cli_certs`` puts the
-``maagw certs`` commands on top of them, and the TLS and signing code import the
-loading helpers (:func:`load_cert`, :func:`load_private_key`, :func:`spki_pin`).
+Plain functions over the ``cryptography`` library; ``gateway.cli.certs`` puts the
+``maagw certs`` commands on top of them (with ``ca.inspect``, ``ca.rotation`` and
+``ca.partner_import`` for checks, rotation and partner import). The loading helpers the
+TLS and signing code use (``load_cert``, ``load_private_key``, ``spki_pin``) are in
+``gateway.pem``.
 
 A CA directory holds::
 

@@ -39,7 +39,8 @@ class ListenSection(_Model):
     #: seconds for a whole request body, from the end of its head
     body_timeout: float = Field(default=60.0, gt=0, le=3600)
     #: seconds a connection may wait for its next request (longer than the partners'
-    #: client keep-alive, 60 s in gateway/delivery.py, so that the client closes first)
+    #: client keep-alive, 60 s in gateway/partner_client/client.py, so that the client
+    #: closes first)
     idle_timeout: float = Field(default=75.0, gt=0, le=3600)
     #: open partner connections, TLS handshakes included (bounds the memory they hold)
     max_connections: int = Field(default=1024, gt=0)

@@ -12,7 +12,7 @@ connection gate, so that:
   verified client certificate and aborts the connection — before any HTTP
   byte is read or written — when it does not belong to a partner (wrong CA,
   pins, revoked, expired). Such refusals are logged and audited with the peer;
-- an admitted connection is bounded by the guard (``gateway.guard``): the partner's
+- an admitted connection is bounded by the guard (``gateway.api.guard``): the partner's
   connection and request caps, and a deadline for every state of the connection
   (waiting, receiving a head, receiving a body), fed by the bytes the gate passes on.
 

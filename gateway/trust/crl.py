@@ -1,7 +1,7 @@
 """Partners' CRLs over their lifetime: how fresh each is, and fetching the next one.
 
 A partner's CRL (``crl`` in its file) is refused at load once past its nextUpdate
-(``tls._load_partner``, unless the partner says ``crl_stale = "warn"``). To keep it
+(``identity._load_partner``, unless the partner says ``crl_stale = "warn"``). To keep it
 from getting there, the gateway warns ``[crl] warning_days`` before nextUpdate
 (``status``) and fetches the partner's CRL from its distribution point (``crl_url``,
 else the CRL distribution point in the partner's signing or CA certificates) every

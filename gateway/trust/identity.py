@@ -101,7 +101,7 @@ class TrustStore:
     def with_crl(self, partner_id: str, crl: x509.CertificateRevocationList) -> TrustStore:
         """A new store like this one, with ``crl`` in force for ``partner_id``.
 
-        The caller has checked the CRL (``gateway.crl.accept``); identities carried into
+        The caller has checked the CRL (``gateway.trust.crl.accept``); identities carried into
         this store are not carried into the new one (``carry`` it again).
         """
         new = TrustStore.__new__(TrustStore)
@@ -200,7 +200,7 @@ class TrustStore:
         """The partner's pinned signing certificates that are not revoked.
 
         Old and new are both returned during a rotation's overlap. Validity is
-        left to ``signing.verify``, which checks it at the signing time. A CRL
+        left to ``xml.signature.verify``, which checks it at the signing time. A CRL
         past its nextUpdate refuses them all (``AUTH_CRL_STALE``) unless the
         partner says "warn"; when every configured certificate is revoked,
         ``AUTH_REVOKED`` is raised.

@@ -8,7 +8,7 @@ for these buffers alone (``bench/bench_connections.py``). ``start_tls`` is
 or two at a time instead, which costs nothing measurable (a record is at most 16 KiB).
 
 It builds on ``asyncio.sslproto.SSLProtocol`` and repeats the few calls of CPython's
-``BaseEventLoop.start_tls`` (3.11); ``tests/gateway/test_tls_transport.py`` checks that
+``BaseEventLoop.start_tls`` (3.11); ``tests/gateway/trust/test_tls_transport.py`` checks that
 the buffer is the smaller one and that a connection works through it.
 """
 

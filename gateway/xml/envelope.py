@@ -2,7 +2,7 @@
 
 One module owns the wire format (``gateway/xml/schemas/envelope.xsd``, namespace
 ``urn:maagw:envelope:1``). Builders return an unsigned lxml root for
-``gateway.signing`` to sign; parsers take a root that was verified and
+``gateway.xml.signature`` to sign; parsers take a root that was verified and
 schema-validate it, so the data the pipeline reads is the data that was signed.
 """
 
