@@ -23,7 +23,7 @@ import hashlib
 import json
 import multiprocessing
 import os
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -124,6 +124,11 @@ class AuditLog:
         self._store = store
         self.gateway_id = gateway_id
         self._signer = checkpoint_signer
+        #: whether this process signs checkpoints now (one leader among instances sharing the
+        #: log; see gateway.service.leader) and whether it did at the last look
+        self._leads: Callable[[], bool] = lambda: True
+        self._led = True
+        self._check_now = False
         self._cp_every = checkpoint_every
         self._cp_seconds = checkpoint_seconds
         self._waiting = _Waiting()
@@ -276,13 +281,16 @@ class AuditLog:
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout)
             except TimeoutError:
-                await self._maybe_checkpoint()
+                await self._maybe_checkpoint(fresh=True)
                 continue
             self._wake.clear()
             waiting = self._waiting
             if not waiting.entries and not waiting.evidence:
                 if self._closing:
                     return
+                if self._check_now:
+                    self._check_now = False
+                    await self._maybe_checkpoint()
                 continue
             if len(waiting.entries) > MAX_BATCH:
                 batch = _Waiting(waiting.entries[:MAX_BATCH], waiting.evidence)
@@ -329,9 +337,47 @@ class AuditLog:
             if fut is not None and not fut.done():
                 fut.set_result(0)
 
-    async def _maybe_checkpoint(self) -> None:
+    def set_leadership(self, leads: Callable[[], bool]) -> None:
+        """Sign checkpoints only while ``leads()`` says so (instances sharing one log)."""
+        self._leads = leads
+        self._led = leads()
+
+    def leadership_changed(self) -> None:
+        """Look at the checkpoint now (a new leader signs what is due without waiting)."""
+        self._check_now = True
+        self._wake.set()
+
+    async def _maybe_checkpoint(self, *, fresh: bool = False) -> None:
+        """Sign a checkpoint when one is due (and this process leads).
+
+        ``fresh``: read the head from the store first (other instances sharing the log may
+        have moved it; after this process's own batch its head is current already).
+        """
         if self._signer is None:
             return
+        if not self._leads():
+            self._led = False
+            return
+        try:
+            await self._follow(fresh)
+        except Exception as exc:  # the store fails: its health logs it; try again later
+            log.debug("audit_head_unavailable", error=str(exc))
+            return
+        await self._checkpoint_if_due()
+
+    async def _follow(self, fresh: bool) -> None:
+        if not self._led:
+            # just became the leader: the head other instances wrote, and the last checkpoint
+            # any of them signed; what is due is signed now
+            cps = await self._store.checkpoints()
+            self._last_cp_seq = max((cp.seq for cp in cps), default=0)
+            self._last_cp_mono = asyncio.get_running_loop().time() - self._cp_seconds
+            self._led = True
+            fresh = True
+        if fresh:
+            self._head = await self._store.head()
+
+    async def _checkpoint_if_due(self) -> None:
         now = asyncio.get_running_loop().time()
         seq = self._head[0]
         if seq <= self._last_cp_seq:
@@ -384,7 +430,7 @@ class AuditLog:
         try:
             if writer is not None:
                 await asyncio.gather(writer, return_exceptions=True)  # a crash was logged
-            if self._signer is not None and self._head[0] > self._last_cp_seq:
+            if self._signer is not None and self._leads() and self._head[0] > self._last_cp_seq:
                 await self.checkpoint()
         finally:
             await self._store.close()

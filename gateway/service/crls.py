@@ -43,7 +43,7 @@ class CrlKeeper:
         runtime: Callable[[], Runtime],
         swap: Reloader,
         *,
-        fetches: bool,
+        fetches: Callable[[], bool],
     ) -> None:
         self._settings = settings
         self._runtime = runtime
@@ -91,7 +91,7 @@ class CrlKeeper:
             trust = self._runtime().trust.partners.get(pid)
             if trust is None or trust.crl_path is None:
                 continue
-            fetcher = self._fetches and bool(crl.sources(partner, trust))
+            fetcher = self._fetches() and bool(crl.sources(partner, trust))
             if fetcher and (force_fetch or self._state.due(pid, now)):
                 result = await crl.fetch(
                     partner, trust, timeout=s.crl.fetch_timeout_seconds, max_bytes=s.crl.max_bytes

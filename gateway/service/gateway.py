@@ -56,6 +56,7 @@ from gateway.relay.topology import Names
 from gateway.service import expiry
 from gateway.service.crls import CrlKeeper
 from gateway.service.housekeeping import housekeep
+from gateway.service.leader import Leadership
 from gateway.service.listeners import is_loopback, listen
 from gateway.service.memory import MemoryTrimmer
 from gateway.service.readiness import check_readiness
@@ -121,12 +122,20 @@ class Gateway:
         self._stopping = asyncio.Event()
         #: swaps in new configuration and trust material (a reload, a newer CRL)
         self.reloader = Reloader(self)
-        #: fetches and installs the partners' CRLs (only worker 0 fetches)
+        #: whether this process is its administration's leader: instances sharing PostgreSQL
+        #: sign checkpoints and fetch CRLs one at a time (see gateway.service.leader)
+        self.leadership = Leadership(
+            settings.audit_url if _is_postgres(settings.audit_url) else None,
+            settings.gateway_id,
+            instance=self.instance,
+            on_change=self._leadership_changed,
+        )
+        #: fetches and installs the partners' CRLs (worker 0 of the leader fetches)
         self.crls = CrlKeeper(
             lambda: self.settings,
             lambda: self.runtime,
             self.reloader,
-            fetches=worker in (None, 0),
+            fetches=lambda: worker in (None, 0) and self.leadership.leads,
         )
         self._watch: asyncio.Task[None] | None = None
         self._housekeeping: asyncio.Task[None] | None = None
@@ -178,6 +187,8 @@ class Gateway:
             # next attempts are published at once, marked as possible duplicates
             log.warning("claims_taken_over", count=taken, instance=self.instance)
         audit = await AuditLog.open(s.audit_url, gateway_id=s.gateway_id, checkpoint_signer=signer)
+        audit.set_leadership(lambda: self.leadership.leads)
+        self.leadership.start()
         await record_signing_cert(audit, signer.cert, "system")
         relay = Relay(
             s.broker.url,
@@ -377,6 +388,13 @@ class Gateway:
 
     # ------------------------------------------------------------------ lifecycle
 
+    def _leadership_changed(self, leads: bool) -> None:
+        """A new leader signs the checkpoint that is due at once."""
+        log.info("leadership_changed", leads=leads, instance=self.instance)
+        runtime = getattr(self, "runtime", None)
+        if leads and runtime is not None:
+            runtime.audit.leadership_changed()
+
     async def stop(self) -> None:
         """Stop accepting, finish in-flight deliveries within a bound, close cleanly."""
         rt = self.runtime
@@ -403,6 +421,7 @@ class Gateway:
         await rt.relay.close()
         await rt.audit.append(AuditEvent(event="stopped", outcome="ok", actor="system"))
         await rt.audit.close()
+        await self.leadership.stop()
         await rt.store.close()
         log.info("gateway_stopped", gateway=self.settings.gateway_id)
 
@@ -438,3 +457,7 @@ def _preload_adapters() -> None:
         if callable(preload):
             preload()
     log.info("schemas_preloaded", adapters=names, seconds=round(time.monotonic() - started, 1))
+
+
+def _is_postgres(url: str) -> bool:
+    return url.startswith(("postgresql://", "postgres://"))

@@ -331,3 +331,63 @@ async def test_timeline_follows_correlation_id(audit_url: str) -> None:
     finally:
         await log.close()
     assert [(e.event, e.message_id) for e in entries] == [("sent", "req-1"), ("receipt", "rcpt-9")]
+
+
+async def test_only_the_leader_signs_and_a_new_leader_signs_what_others_appended_at_once(
+    audit_url: str, checkpoint_signer: EcSigner
+) -> None:
+    """Two instances on one log: the follower signs nothing; on taking over it signs the head
+    the other instance wrote, without waiting for its own entries or its timer."""
+    leader_leads = True
+    leader = await AuditLog.open(
+        audit_url, gateway_id="XA", checkpoint_signer=checkpoint_signer, checkpoint_every=2
+    )
+    follower = await AuditLog.open(
+        audit_url, gateway_id="XA", checkpoint_signer=checkpoint_signer, checkpoint_every=2
+    )
+    leader.set_leadership(lambda: leader_leads)
+    follower_leads = False
+    follower.set_leadership(lambda: follower_leads)
+    try:
+        await follower.append_many([ev(1), ev(2), ev(3)])
+        await leader.append_many([ev(4), ev(5)])
+        # by the leader after its own batch; the follower's batch of 3 was due but not signed
+        assert await _signed(follower, 1) == [5]
+        await asyncio.sleep(0.1)
+        assert [cp.seq for cp in await follower.checkpoints()] == [5]
+        # the leader is gone, and a third writer (say, a worker without a signer) appends
+        leader_leads = False
+        await _append(audit_url, ev(6))
+        follower_leads = True
+        follower.leadership_changed()
+        assert await _signed(follower, 2) == [5, 6]
+    finally:
+        await follower.close()
+        await leader.close()
+    assert [cp.seq for cp in await _checkpoints(audit_url)] == [5, 6]  # closing signs no more
+
+
+async def _signed(log: AuditLog, count: int) -> list[int]:
+    """The checkpoints' sequence numbers once there are ``count`` (or after a second)."""
+    for _ in range(50):
+        seqs = [cp.seq for cp in await log.checkpoints()]
+        if len(seqs) >= count:
+            return seqs
+        await asyncio.sleep(0.02)
+    return seqs
+
+
+async def _append(url: str, event: Any) -> None:
+    log = await AuditLog.open(url, gateway_id="XA")
+    try:
+        await log.append(event)
+    finally:
+        await log.close()
+
+
+async def _checkpoints(url: str) -> list[Any]:
+    log = await AuditLog.open(url, gateway_id="XA")
+    try:
+        return await log.checkpoints()
+    finally:
+        await log.close()
