@@ -97,6 +97,10 @@ def _connection_failure(exc: BaseException) -> bool:
     )
 
 
+class _Unavailable(Exception):
+    """No connection to be had (the server is down, refuses connections, or is full)."""
+
+
 def _rows(status: str) -> int:
     """The row count of a command status such as ``DELETE 3``."""
     return int(status.split()[-1])
@@ -196,7 +200,7 @@ class PostgresStateStore:
                 except Exception as exc:
                     reason = f"state store {self._where()}: {exc}"
                     outcomes = [(False, StoreError(reason)) for _ in batch]
-                    if _connection_failure(exc):
+                    if isinstance(exc, _Unavailable) or _connection_failure(exc):
                         self.health.failed(ErrorCode.STORE_FAILED, reason)
                 else:
                     self.health.succeeded()
@@ -218,7 +222,20 @@ class PostgresStateStore:
         """Run ``fns`` in one transaction; their outcomes (a lost connection raises)."""
         pg = _asyncpg()
         outcomes: list[tuple[bool, Any]] = []
-        async with self._pool.acquire() as con, con.transaction():
+        try:
+            con = await self._pool.acquire()
+        except Exception as exc:
+            raise _Unavailable(str(exc)) from exc
+        try:
+            await self._run_batch(con, fns, outcomes, pg)
+        finally:
+            await self._pool.release(con)
+        return outcomes
+
+    async def _run_batch(
+        self, con: Any, fns: list[Call], outcomes: list[tuple[bool, Any]], pg: Any
+    ) -> None:
+        async with con.transaction():
             for fn in fns:
                 try:
                     async with con.transaction():  # a savepoint
@@ -232,7 +249,6 @@ class PostgresStateStore:
                         else exc
                     )
                     outcomes.append((False, error))
-        return outcomes
 
     # -- outbox ---------------------------------------------------------------------------
 
