@@ -10,8 +10,9 @@ differs is how they hold across instances:
   carries its owner (instance) and boot (process run); ``take_over_claims`` touches
   only this owner's earlier runs, never another live instance's claims.
 - **group commit**: calls that arrive together are run by one task in one transaction
-  on one pooled connection, each inside its own savepoint (a failing call is rolled
-  back alone), and all return after that one commit.
+  on one pooled connection, and all return after that one commit. When one of them
+  fails, the transaction is rolled back and each call runs again in its own, so that
+  only the failing call fails (cheaper than a savepoint per call, two round trips each).
 - **health**: a lost connection or a database that refuses writes (shut down, failed
   over, out of resources) fails the batch with ``StoreError``, turns readiness false
   (logged once per episode) and a probe write every few seconds notices the recovery;
@@ -93,7 +94,7 @@ def _connection_failure(exc: BaseException) -> bool:
         | pg.OperatorInterventionError  # terminated backend, shutdown, cannot connect now
         | pg.InsufficientResourcesError  # disk full, out of memory, too many connections
         | pg.ReadOnlySQLTransactionError  # a standby after a failover
-        | pg.InternalClientError,
+        | pg.InternalClientError,  # the connection broke under an operation: unusable
     )
 
 
@@ -174,7 +175,7 @@ class PostgresStateStore:
         """Run ``fn(connection)`` in a transaction that is committed before this returns.
 
         Group commit: calls that arrive while a batch is under way run together in the
-        next transaction, each inside its own savepoint, and return after its commit.
+        next transaction and return after its commit (see ``_run_batch``).
         """
         if self._closed:
             raise StoreError(f"state store {self._where()} closed")
@@ -235,20 +236,40 @@ class PostgresStateStore:
     async def _run_batch(
         self, con: Any, fns: list[Call], outcomes: list[tuple[bool, Any]], pg: Any
     ) -> None:
-        async with con.transaction():
-            for fn in fns:
-                try:
-                    async with con.transaction():  # a savepoint
-                        outcomes.append((True, await fn(con)))
-                except Exception as exc:
-                    if _connection_failure(exc):
-                        raise  # the whole batch is lost with its connection
-                    error = (
-                        StoreError(f"state store {self._where()}: {exc}")
-                        if isinstance(exc, pg.PostgresError)
-                        else exc
-                    )
-                    outcomes.append((False, error))
+        """All of ``fns`` in one transaction; if one fails, each again in its own.
+
+        Savepoints would cost two round trips per call; a failing call is rare (a bug or
+        a conflict), so the batch first runs without them, and only when a call fails is
+        the transaction rolled back and every call run alone, so that the failure is its
+        caller's only. Nothing of the first run was committed.
+        """
+        try:
+            async with con.transaction():
+                results = [await fn(con) for fn in fns]
+        except Exception as exc:
+            if _connection_failure(exc) or len(fns) == 1:
+                if _connection_failure(exc):
+                    raise  # the whole batch is lost with its connection
+                outcomes.append((False, self._error(exc, pg)))
+                return
+        else:
+            outcomes.extend((True, r) for r in results)
+            return
+        for fn in fns:
+            try:
+                async with con.transaction():
+                    result = await fn(con)
+                outcomes.append((True, result))  # only once committed
+            except Exception as exc:
+                if _connection_failure(exc):
+                    raise
+                outcomes.append((False, self._error(exc, pg)))
+
+    def _error(self, exc: Exception, pg: Any) -> Exception:
+        """What the caller of a failed call gets: a database error as a StoreError."""
+        if isinstance(exc, pg.PostgresError):
+            return StoreError(f"state store {self._where()}: {exc}")
+        return exc
 
     # -- outbox ---------------------------------------------------------------------------
 
