@@ -18,10 +18,10 @@ from gateway.audit.backend import (
     SearchFilter,
     _where,
     chain_rows,
-    log,
 )
 from gateway.audit.chain import GENESIS, ROW_COLUMNS, Entry, utc_now
 from gateway.errors import AuditError, ErrorCode
+from gateway.pgschema import migrate
 
 # --------------------------------------------------------------------------- PostgreSQL
 
@@ -95,27 +95,18 @@ class PostgresStore:
         return store
 
     async def _migrate(self) -> None:
-        async with self._pool.acquire() as con, con.transaction():
-            await con.execute("SELECT pg_advisory_xact_lock($1)", _PG_LOCK_KEY)
-            await con.execute(
-                "CREATE TABLE IF NOT EXISTS audit_schema_version "
-                "(version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)"
-            )
-            current = await con.fetchval(
-                "SELECT COALESCE(MAX(version), 0) FROM audit_schema_version"
-            )
-            if current > len(_PG_MIGRATIONS):
-                raise AuditError(
-                    f"schema version {current} is newer than this gateway knows",
+        async with self._pool.acquire() as con:
+            await migrate(
+                con,
+                name="audit",
+                lock_key=_PG_LOCK_KEY,
+                migrations=_PG_MIGRATIONS,
+                newer=lambda version: AuditError(
+                    f"schema version {version} is newer than this gateway knows",
                     code=ErrorCode.AUDIT_SCHEMA_NEWER,
-                )
-            for version in range(current + 1, len(_PG_MIGRATIONS) + 1):
-                for stmt in _PG_MIGRATIONS[version - 1]:
-                    await con.execute(stmt)
-                await con.execute(
-                    "INSERT INTO audit_schema_version VALUES ($1, $2)", version, utc_now()
-                )
-                log.info("audit_schema_migrated", backend="postgresql", version=version)
+                ),
+                applied_at=utc_now(),
+            )
 
     async def _run(self, fn: Callable[[Any], Any]) -> Any:
         import asyncpg  # type: ignore[import-untyped, unused-ignore]

@@ -31,8 +31,7 @@ from gateway.contract import GATEWAY_HEADERS
 from gateway.errors import ConfigError, DeadLetterError, ErrorCode, RelayError
 from gateway.relay.broker import Relay
 from gateway.relay.topology import Names
-from gateway.state.sqlite import StateStore
-from gateway.state.store import DeadLetter
+from gateway.state.store import DeadLetter, StateStore, is_postgres, open_state
 
 #: headers the gateway adds when it dead-letters or retries; dropped on replay
 _GATEWAY_HEADERS = GATEWAY_HEADERS | {
@@ -54,10 +53,10 @@ def _when(ts: float | None) -> str:
 
 
 async def _with_store(settings: Settings, fn: Any) -> Any:
-    path = settings.state_dir / "state.db"
-    if not path.exists():
-        raise ConfigError(f"{path}: no state store (has this gateway run?)")
-    store = await StateStore.open(path)
+    where = settings.state_location
+    if not is_postgres(where) and not Path(where).exists():
+        raise ConfigError(f"{where}: no state store (has this gateway run?)")
+    store = await open_state(where)
     try:
         return await fn(store)
     finally:

@@ -147,14 +147,14 @@ def _knows_request(
     settings: Settings, agreement_id: str, partner: str, correlation_id: str | None
 ) -> bool:
     """Whether ``partner`` sent request ``correlation_id`` under the agreement (state store)."""
-    from gateway.state.sqlite import StateStore
+    from gateway.state.store import is_postgres, open_state
 
-    path = settings.state_dir / "state.db"
-    if not correlation_id or not path.exists():
+    where = settings.state_location
+    if not correlation_id or (not is_postgres(where) and not Path(where).exists()):
         return False
 
     async def ask() -> bool:
-        store = await StateStore.open(path)
+        store = await open_state(where)
         try:
             return await store.knows_request(agreement_id, partner, correlation_id)
         finally:

@@ -41,6 +41,7 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
     "MAAGW_ADMIN_HOST": ("admin", "host"),
     "MAAGW_ADMIN_PORT": ("admin", "port"),
     "MAAGW_AUDIT_URL": ("audit", "url"),
+    "MAAGW_STATE_URL": ("state", "url"),
     "MAAGW_STATE_DIR": ("gateway", "state_dir"),
 }
 
@@ -87,6 +88,7 @@ def load_settings(
         signing=_resolve_paths(main.signing, base),
         broker=main.broker,
         audit_url=_audit_url(main.audit.url, state_dir),
+        state_url=_audit_url(main.state.url, state_dir),
         back_office=main.back_office,
         delivery=main.delivery,
         crl=main.crl,
@@ -170,6 +172,7 @@ def _resolve_paths(model: M, base: Path) -> M:
 
 
 def _audit_url(url: str, state_dir: Path) -> str:
+    """A database URL as it is; a file name resolved under ``state_dir`` (audit and state)."""
     if "://" in url:
         return url
     return str(_resolve(state_dir, Path(url)))

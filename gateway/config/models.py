@@ -85,6 +85,12 @@ class AuditSection(_Model):
     url: str = "audit.db"
 
 
+class StateSection(_Model):
+    """Where the state store lives: an SQLite file (under ``state_dir``) or PostgreSQL."""
+
+    url: str = "state.db"
+
+
 class CrlSection(_Model):
     """How the gateway keeps partners' CRLs current (docs/trust.md)."""
 
@@ -125,6 +131,7 @@ class GatewayFile(_Model):
     signing: SigningSection
     broker: BrokerSection = BrokerSection()
     audit: AuditSection = AuditSection()
+    state: StateSection = StateSection()
     back_office: BackOfficeSection = BackOfficeSection()
     delivery: DeliverySection = DeliverySection()
     crl: CrlSection = CrlSection()
@@ -196,11 +203,18 @@ class Settings(_Model):
     signing: SigningSection
     broker: BrokerSection
     audit_url: str
+    #: ``postgresql://…`` or the path of the SQLite file (default ``state_dir/state.db``)
+    state_url: str = ""
     back_office: BackOfficeSection
     delivery: DeliverySection
     crl: CrlSection = CrlSection()
     partners: Mapping[str, Partner]
     agreements: Mapping[str, Agreement]
+
+    @property
+    def state_location(self) -> str:
+        """What ``open_state`` takes: the PostgreSQL URL or the SQLite file's path."""
+        return self.state_url or str(self.state_dir / "state.db")
 
     @property
     def signing_cert_path(self) -> Path:

@@ -16,7 +16,7 @@ from gateway.config.models import Settings
 from gateway.partner_client.client import PartnerLink
 from gateway.policy.rate_limit import RateLimiter
 from gateway.relay.message import RelayPort
-from gateway.state.sqlite import StateStore
+from gateway.state.store import StateStore
 from gateway.trust.identity import TrustStore
 from gateway.xml.signature import Signer, document_c14n
 

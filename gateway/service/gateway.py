@@ -68,7 +68,7 @@ from gateway.service.reload import (
     own_certificates,
     record_signing_cert,
 )
-from gateway.state.sqlite import StateStore
+from gateway.state.store import open_state
 from gateway.trust import crl
 from gateway.trust.identity import TrustStore
 from gateway.xml.signature import Signer
@@ -180,7 +180,7 @@ class Gateway:
         self.own_certs = own_certificates(s)
         signer = Signer.from_files(s.signing.key, s.signing.cert)
         s.state_dir.mkdir(parents=True, exist_ok=True)
-        store = await StateStore.open(s.state_dir / "state.db", owner=self.instance, boot=self.boot)
+        store = await open_state(s.state_location, owner=self.instance, boot=self.boot)
         taken = await store.take_over_claims()
         if taken:
             # this instance's previous process died while publishing these: the senders'

@@ -8,7 +8,7 @@ import time
 import structlog
 
 from gateway.errors import GatewayError
-from gateway.state.sqlite import StateStore
+from gateway.state.store import StateStore
 from gateway.xml.envelope import DUPLICATE_RETENTION_SECONDS, FUTURE_SKEW_SECONDS
 
 log = structlog.get_logger(__name__)

@@ -48,7 +48,15 @@ log = structlog.get_logger(__name__)
 
 
 #: settings a running gateway cannot change without a restart (listeners, broker, stores)
-RESTART_ONLY = ("gateway_id", "state_dir", "partner_api", "admin", "broker", "audit_url")
+RESTART_ONLY = (
+    "gateway_id",
+    "state_dir",
+    "partner_api",
+    "admin",
+    "broker",
+    "audit_url",
+    "state_url",
+)
 
 
 #: the ``[admin]`` settings a reload does apply (the rest is the listener: restart)

@@ -11,7 +11,8 @@
 - **requests**: ids of requests exchanged under an agreement, so that a reply that
   answers no known request is refused.
 
-All calls run on one worker thread (SQLite connections are not shared across
+SQLite is the default engine, for one instance (``gateway/state/postgres.py`` serves
+several). All calls run on one worker thread (SQLite connections are not shared across
 threads); each call is committed before it returns, and calls that arrive together
 share one transaction and one commit (group commit).
 
@@ -117,8 +118,8 @@ def _io_failure(exc: BaseException) -> bool:
     return isinstance(exc, sqlite3.Error) and isinstance(name, str) and name.startswith(_IO_ERRORS)
 
 
-class StateStore:
-    """The state store; open with ``await StateStore.open(path)``.
+class SqliteStateStore:
+    """The state store; open with ``await SqliteStateStore.open(path)``.
 
     ``owner`` names the gateway instance (process) whose claims these are and ``boot``
     this run of it; see ``take_over_claims``.
@@ -135,7 +136,7 @@ class StateStore:
         self.health = Health("state", self.probe)
 
     @classmethod
-    async def open(cls, path: Path, *, owner: str = "-", boot: str = "-") -> StateStore:
+    async def open(cls, path: Path, *, owner: str = "-", boot: str = "-") -> SqliteStateStore:
         store = cls(path, owner=owner, boot=boot)
         await store._run(store._open)
         return store

@@ -18,7 +18,7 @@ from gateway.cli import main
 from gateway.config.models import Settings
 from gateway.relay.back_office import BackOffice
 from gateway.service.gateway import Gateway
-from gateway.state.sqlite import StateStore
+from gateway.state.sqlite import SqliteStateStore
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 REQUEST = (EXAMPLES / "national-json" / "maa.request.json").read_bytes()
@@ -63,7 +63,7 @@ async def dead(settings: Settings, *args: str) -> Result:
 
 
 async def dead_id(settings: Settings, message_id: str) -> int:
-    store = await StateStore.open(settings.state_dir / "state.db")
+    store = await SqliteStateStore.open(settings.state_dir / "state.db")
     try:
         [item] = [d for d in await store.dead_list(100) if d.message_id == message_id]
     finally:

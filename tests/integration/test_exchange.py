@@ -10,14 +10,18 @@ import uuid
 from pathlib import Path
 
 import aio_pika
+import asyncpg  # type: ignore[import-untyped, unused-ignore]
+import pytest
 
 from gateway.config.models import Settings
 from gateway.relay.back_office import BackOffice
 from gateway.relay.topology import DELAYS
 from gateway.service.gateway import Gateway
+from gateway.state.postgres import PostgresStateStore
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 REQUEST = (EXAMPLES / "national-json" / "maa.request.json").read_bytes()
+REPLY = (EXAMPLES / "national-json" / "maa.reply.json").read_bytes()
 
 
 async def _back_office(s: Settings) -> tuple[BackOffice, aio_pika.abc.AbstractRobustConnection]:
@@ -48,6 +52,51 @@ async def test_message_arrives_once_on_the_partners_inbound_queue(
         assert [(e["message_id"], e["status"], e["receipt"]) for e in delivered] == [
             (mid, "delivered", "accepted")
         ]
+    finally:
+        await conn_a.close()
+        await conn_b.close()
+        await xa.stop()
+        await xb.stop()
+
+
+@pytest.mark.postgres
+async def test_a_request_and_its_reply_flow_with_xbs_state_on_postgresql(
+    pair: dict[str, Settings], pg_url: str
+) -> None:
+    """XB's state store on PostgreSQL ([state] url): XA's request arrives, XB's reply to it goes back."""
+    xb_settings = pair["XB"].model_copy(update={"state_url": pg_url})
+    xa, xb = Gateway(pair["XA"]), Gateway(xb_settings)
+    await xa.start()
+    await xb.start()
+    bo_a, conn_a = await _back_office(pair["XA"])
+    bo_b, conn_b = await _back_office(xb_settings)
+    try:
+        assert isinstance(xb.runtime.store, PostgresStateStore)
+        request_id, reply_id = str(uuid.uuid4()), str(uuid.uuid4())
+        await bo_a.send("XB", REQUEST, message_id=request_id)
+        got = await bo_b.drain("maagw.inbound", want=1, idle=2.0)
+        assert [m.message_id for m in got] == [request_id]
+        # XB knows the request (PostgreSQL), so its reply passes XB's policy and XA's
+        await bo_b.send(
+            "XA", REPLY, message_id=reply_id, message_type="maa.reply", correlation_id=request_id
+        )
+        replies = await bo_a.drain("maagw.inbound", want=1, idle=2.0)
+        assert [(m.message_id, m.type, m.correlation_id) for m in replies] == [
+            (reply_id, "maa.reply", request_id)
+        ]
+        events = [json.loads(e.body) for e in await bo_b.drain("maagw.events", want=1)]
+        assert [(e["message_id"], e["status"]) for e in events] == [(reply_id, "delivered")]
+        con = await asyncpg.connect(pg_url)
+        try:
+            claim = await con.fetchrow(
+                "SELECT state, owner FROM claims WHERE sender = 'XA' AND message_id = $1",
+                request_id,
+            )
+            sent = await con.fetchval("SELECT partner FROM outbox WHERE message_id = $1", reply_id)
+        finally:
+            await con.close()
+        assert tuple(claim) == ("published", xb_settings.instance_id)
+        assert sent == "XA"
     finally:
         await conn_a.close()
         await conn_b.close()

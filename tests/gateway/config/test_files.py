@@ -34,6 +34,17 @@ def test_environment_overrides_the_broker_and_listen_addresses(example: Path) ->
     assert settings.admin.host == "127.0.0.2"
 
 
+def test_the_state_store_is_sqlite_under_state_dir_unless_a_url_says_otherwise(
+    example: Path,
+) -> None:
+    """By default the state store is state.db under state_dir; [state] url or MAAGW_STATE_URL moves it."""
+    default = load_settings(example, env={})
+    assert default.state_location == str(default.state_dir / "state.db")
+    url = "postgresql://gw@db.example:5432/maagw"
+    moved = load_settings(example, env={"MAAGW_STATE_URL": url})
+    assert moved.state_location == url
+
+
 @pytest.mark.parametrize(
     ("edit", "expected"),
     [

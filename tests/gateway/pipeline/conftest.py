@@ -24,7 +24,7 @@ from gateway.partner_client.memory import MemoryPartner
 from gateway.pipeline.runtime import Runtime
 from gateway.relay.memory import MemoryDelivery, MemoryRelay
 from gateway.relay.topology import Names
-from gateway.state.sqlite import StateStore
+from gateway.state.sqlite import SqliteStateStore
 from gateway.trust.identity import TrustStore
 from gateway.xml.signature import Signer
 from maagw_testing.broker import provision_pair
@@ -104,7 +104,7 @@ MakeSide = Callable[..., Any]
 @pytest.fixture
 async def make_side(tmp_path: Path) -> AsyncIterator[MakeSide]:
     """``await make_side(settings, client)``: a runtime on its own state, audit log and relay."""
-    opened: list[tuple[StateStore, AuditLog, MemoryRelay]] = []
+    opened: list[tuple[SqliteStateStore, AuditLog, MemoryRelay]] = []
 
     async def make(settings: Settings, client: Any, **setting_changes: Any) -> Side:
         home = tmp_path / f"{settings.gateway_id}-{len(opened)}"
@@ -115,7 +115,7 @@ async def make_side(tmp_path: Path) -> AsyncIterator[MakeSide]:
         # broker time runs as real time: a delay queue returns nothing unless a test advances it
         relay = MemoryRelay(Names(settings.broker.prefix))
         await relay.connect(list(settings.partners))
-        store = await StateStore.open(home / "state.db", owner="test", boot=uuid.uuid4().hex)
+        store = await SqliteStateStore.open(home / "state.db", owner="test", boot=uuid.uuid4().hex)
         audit = await AuditLog.open(str(home / "audit.db"), gateway_id=settings.gateway_id)
         opened.append((store, audit, relay))
         rt = RecordingRuntime(

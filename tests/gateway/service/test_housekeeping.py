@@ -10,7 +10,7 @@ from structlog.testing import capture_logs
 
 from gateway.errors import ErrorCode, StoreError
 from gateway.service import housekeeping
-from gateway.state.sqlite import StateStore
+from gateway.state.store import StateStore
 from gateway.xml.envelope import DUPLICATE_RETENTION_SECONDS, FUTURE_SKEW_SECONDS
 
 
