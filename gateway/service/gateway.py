@@ -68,7 +68,7 @@ from gateway.service.reload import (
     own_certificates,
     record_signing_cert,
 )
-from gateway.state.store import open_state
+from gateway.state.store import is_postgres, open_state
 from gateway.trust import crl
 from gateway.trust.identity import TrustStore
 from gateway.xml.signature import Signer
@@ -125,7 +125,7 @@ class Gateway:
         #: whether this process is its administration's leader: instances sharing PostgreSQL
         #: sign checkpoints and fetch CRLs one at a time (see gateway.service.leader)
         self.leadership = Leadership(
-            settings.audit_url if _is_postgres(settings.audit_url) else None,
+            _shared_database(settings),
             settings.gateway_id,
             instance=self.instance,
             on_change=self._leadership_changed,
@@ -222,8 +222,11 @@ class Gateway:
         )
         self._watch = tasks.spawn(self._watch_trust(), name="cert-and-crl-watch")
         if self.worker in (None, 0):  # one process per state store is enough
+            # a state store shared by instances is kept by the leader alone
+            shared = is_postgres(str(s.state_location))
             self._housekeeping = tasks.spawn(
-                housekeep(self.runtime.store), name="state-housekeeping"
+                housekeep(self.runtime.store, leads=lambda: not shared or self.leadership.leads),
+                name="state-housekeeping",
             )
         log.info(
             "gateway_started",
@@ -459,5 +462,9 @@ def _preload_adapters() -> None:
     log.info("schemas_preloaded", adapters=names, seconds=round(time.monotonic() - started, 1))
 
 
-def _is_postgres(url: str) -> bool:
-    return url.startswith(("postgresql://", "postgres://"))
+def _shared_database(settings: Settings) -> str | None:
+    """The PostgreSQL the administration's instances share (state, else audit), if any."""
+    for url in (str(settings.state_location), settings.audit_url):
+        if is_postgres(url):
+            return url
+    return None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 import structlog
 
@@ -23,9 +24,16 @@ HOUSEKEEPING_SECONDS = 3600.0
 CLAIM_RETENTION_SECONDS = DUPLICATE_RETENTION_SECONDS + FUTURE_SKEW_SECONDS + 3600
 
 
-async def housekeep(store: StateStore) -> None:
-    """Hourly, until cancelled: forget duplicate claims and outbox entries past the window."""
+async def housekeep(store: StateStore, *, leads: Callable[[], bool] = lambda: True) -> None:
+    """Hourly, until cancelled: forget duplicate claims and outbox entries past the window.
+
+    ``leads``: whether this process keeps the store now (one leader among the instances
+    that share it); a round it does not lead is skipped.
+    """
     while True:
+        if not leads():
+            await asyncio.sleep(HOUSEKEEPING_SECONDS)
+            continue
         try:
             gone = await store.housekeep(time.time(), CLAIM_RETENTION_SECONDS)
         except GatewayError as exc:

@@ -63,3 +63,22 @@ async def test_a_failed_round_is_logged_and_the_next_round_runs(
     events = [e["event"] for e in logs]
     assert events[:2] == ["housekeeping_failed", "housekeeping_done"]
     assert logs[1]["claims"] == 3
+
+
+async def test_only_the_leader_keeps_a_shared_store(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rounds are skipped while another instance leads; the first round after taking over runs."""
+    monkeypatch.setattr(housekeeping, "HOUSEKEEPING_SECONDS", 0.0)
+    store = FakeStore({"claims": 1})
+    checks: list[bool] = []
+
+    def leads() -> bool:
+        checks.append(len(checks) >= 5)  # a follower for five rounds, then the leader
+        return checks[-1]
+
+    task = asyncio.create_task(housekeeping.housekeep(cast(StateStore, store), leads=leads))
+    await asyncio.wait_for(store.done.wait(), timeout=5)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert checks[:6] == [False] * 5 + [True]
+    assert len(store.windows) == checks.count(True)  # a round for each round it led
