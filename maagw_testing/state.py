@@ -17,7 +17,7 @@ from typing import Any
 from gateway.state.store import StateStore, open_state
 
 #: every table the PostgreSQL state store creates, dropped between tests
-STATE_TABLES = ("outbox", "claims", "dead", "requests", "probe", "state_schema_version")
+STATE_TABLES = ("outbox", "claims", "dead", "requests", "probe", "leases", "state_schema_version")
 
 
 def _dollar(sql: str) -> str:

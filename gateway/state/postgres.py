@@ -38,6 +38,7 @@ from gateway.errors import ErrorCode, GatewayError, StoreError
 from gateway.health import Health
 from gateway.pgschema import migrate
 from gateway.state.store import Claim, DeadLetter
+from gateway.tasks import spawn
 
 log = structlog.get_logger(__name__)
 
@@ -72,7 +73,22 @@ _MIGRATIONS: list[list[str]] = [
             at DOUBLE PRECISION NOT NULL, PRIMARY KEY (agreement, requester, message_id))""",
         "CREATE TABLE probe (id INTEGER PRIMARY KEY, at DOUBLE PRECISION NOT NULL)",
     ],
+    [  # 2: the instances' leases: a claim of an instance whose lease ran out is taken over
+        """CREATE TABLE leases (
+            owner TEXT NOT NULL, boot TEXT NOT NULL, renewed DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (owner, boot))""",
+    ],
 ]
+
+
+#: an instance that has not renewed its lease for this long is dead: its claims in flight
+#: are taken over (marked as possible duplicates); seconds, not minutes. Leases are kept on
+#: the database's clock, so that instances on hosts whose clocks differ agree on them
+LEASE_SECONDS = 10.0
+
+
+#: how often a live instance renews its lease
+RENEW_SECONDS = 2.0
 
 
 def _asyncpg() -> Any:
@@ -123,6 +139,8 @@ class PostgresStateStore:
         self._drainer: asyncio.Task[None] | None = None
         self._closed = False
         self.health = Health("state", self.probe)
+        self.lease_seconds = LEASE_SECONDS
+        self._renewer: asyncio.Task[None] | None = None
 
     @classmethod
     async def open(cls, url: str, *, owner: str = "-", boot: str = "-") -> PostgresStateStore:
@@ -153,7 +171,29 @@ class PostgresStateStore:
             if isinstance(exc, GatewayError) or not isinstance(exc, Exception):
                 raise
             raise StoreError(f"PostgreSQL state store: {exc}") from exc
+        await store.renew_lease()
+        store._renewer = spawn(store._keep_lease(), name="state-lease")
         return store
+
+    async def renew_lease(self) -> None:
+        """Say that this instance is alive (its claims in flight are its own for a lease)."""
+        await self._tx(
+            lambda con: con.execute(
+                "INSERT INTO leases (owner, boot, renewed) "
+                "VALUES ($1, $2, EXTRACT(EPOCH FROM clock_timestamp())) "
+                "ON CONFLICT (owner, boot) DO UPDATE SET renewed = EXCLUDED.renewed",
+                self.owner,
+                self.boot,
+            )
+        )
+
+    async def _keep_lease(self) -> None:
+        while True:
+            await asyncio.sleep(RENEW_SECONDS)
+            try:
+                await self.renew_lease()
+            except GatewayError as exc:  # the store's health reports the episode
+                log.debug("lease_not_renewed", code=exc.code, reason=exc.reason)
 
     async def probe(self) -> None:
         """A small write, to learn whether the store can commit again."""
@@ -165,6 +205,10 @@ class PostgresStateStore:
         )
 
     async def close(self) -> None:
+        if self._renewer is not None:
+            self._renewer.cancel()
+            await asyncio.gather(self._renewer, return_exceptions=True)
+            self._renewer = None
         self._closed = True
         self.health.stop()
         if self._drainer is not None:
@@ -321,7 +365,11 @@ class PostgresStateStore:
                     "ON CONFLICT (sender, message_id) DO UPDATE SET digest = EXCLUDED.digest, "
                     "state = 'claimed', receipt_id = NULL, claimed = EXCLUDED.claimed, "
                     "owner = EXCLUDED.owner, boot = EXCLUDED.boot "
-                    "WHERE c.state = 'uncertain' OR (c.state = 'claimed' AND c.claimed < $7) "
+                    "WHERE c.state = 'uncertain' OR (c.state = 'claimed' AND (c.claimed < $7 "
+                    # the claim's instance let its lease run out: it died while publishing
+                    "OR (c.owner IS NOT NULL AND c.boot IS NOT NULL AND NOT EXISTS ("
+                    "SELECT 1 FROM leases l WHERE l.owner = c.owner AND l.boot = c.boot "
+                    "AND l.renewed >= EXTRACT(EPOCH FROM clock_timestamp()) - $8)))) "
                     "RETURNING (xmax = 0) AS inserted",
                     sender,
                     message_id,
@@ -330,6 +378,7 @@ class PostgresStateStore:
                     self.owner,
                     self.boot,
                     now - stale_after,
+                    self.lease_seconds,
                 )
                 if row is not None:
                     # a replaced claim may have been published: mark the re-publish
@@ -418,6 +467,10 @@ class PostgresStateStore:
                 gone[table] += n
                 if n < chunk:
                     break
+        # the leases of runs long gone (a lease matters for seconds; its claims for the window)
+        await self._tx(
+            lambda con: con.execute("DELETE FROM leases WHERE renewed < $1", now - window)
+        )
         return gone
 
     # -- known requests -----------------------------------------------------------------

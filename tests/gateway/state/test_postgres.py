@@ -50,6 +50,46 @@ async def test_two_instances_racing_for_one_claim_get_it_once(pg_engine: Engine)
         await two.close()
 
 
+async def test_a_claim_of_an_instance_whose_lease_ran_out_is_taken_over_in_seconds(
+    pg_engine: Engine,
+) -> None:
+    """While its instance lives, a claim in flight is the instance's; once the instance stops
+    renewing its lease (it died), another takes the claim over, marked as a possible duplicate."""
+    dead = await _open(pg_engine, owner="gw-1", boot="a")
+    live = await _open(pg_engine, owner="gw-2", boot="b")
+    live.lease_seconds = 1.0
+    try:
+        assert (await dead.claim("XA", "m-1", "sha256:d", stale_after=60.0)).outcome == "claimed"
+        assert (await live.claim("XA", "m-1", "sha256:d", stale_after=60.0)).outcome == "in_flight"
+        # gw-1 dies: its lease is no longer renewed (its process is gone)
+        assert dead._renewer is not None
+        dead._renewer.cancel()
+        await asyncio.sleep(1.5)
+        taken = await live.claim("XA", "m-1", "sha256:d", stale_after=60.0)
+        assert (taken.outcome, taken.possible_duplicate) == ("claimed", True)
+        owner = await pg_engine.fetch("SELECT owner, boot FROM claims WHERE message_id = 'm-1'")
+        assert owner == [("gw-2", "b")]
+    finally:
+        await dead.close()
+        await live.close()
+
+
+async def test_a_live_instance_keeps_its_claim_past_the_lease(pg_engine: Engine) -> None:
+    """An instance that renews its lease keeps its claim however long the publish takes."""
+    slow = await _open(pg_engine, owner="gw-1", boot="a")
+    other = await _open(pg_engine, owner="gw-2", boot="b")
+    other.lease_seconds = 1.0
+    try:
+        await slow.claim("XA", "m-1", "sha256:d", stale_after=60.0)
+        await slow.renew_lease()
+        await asyncio.sleep(1.2)
+        await slow.renew_lease()  # what its renewer does every two seconds
+        assert (await other.claim("XA", "m-1", "sha256:d", stale_after=60.0)).outcome == "in_flight"
+    finally:
+        await slow.close()
+        await other.close()
+
+
 async def test_a_published_claim_is_a_duplicate_at_the_other_instance(pg_engine: Engine) -> None:
     """Published by one instance, the same id at another is a duplicate with the original receipt."""
     one = await _open(pg_engine, owner="gw-1", boot="a")
@@ -192,7 +232,7 @@ async def test_migrations_run_once_however_often_the_store_is_opened(pg_engine: 
     finally:
         for store in again:
             await store.close()
-    assert await pg_engine.fetch("SELECT version FROM state_schema_version") == [(1,)]
+    assert await pg_engine.fetch("SELECT version FROM state_schema_version") == [(1,), (2,)]
 
 
 async def test_a_schema_from_a_newer_gateway_is_refused(pg_engine: Engine) -> None:
