@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
+import subprocess
 import uuid
 from pathlib import Path
 
+import pytest
 from structlog.testing import capture_logs
 
 from gateway.config.models import Settings
 from gateway.relay.back_office import open_office
+from gateway.relay.topology import Names
 from gateway.service.gateway import Gateway
-from maagw_testing.broker import close_broker_connections
+from maagw_testing.broker import close_broker_connections, delete_topology, provision_pair
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 REQUEST = (EXAMPLES / "national-json" / "maa.request.json").read_bytes()
@@ -107,3 +111,60 @@ async def test_a_lost_node_is_replaced_by_the_next_and_consuming_resumes(
     finally:
         await xa.stop()
         await xb.stop()
+
+
+def _cluster() -> list[tuple[str, str]]:
+    """(node name, AMQP URL) of each node of ``$MAAGW_TEST_CLUSTER``; skips without one."""
+    spec = os.environ.get("MAAGW_TEST_CLUSTER", "")
+    if not spec:
+        pytest.skip(
+            "no RabbitMQ cluster: deploy/rabbitmq/local-cluster.sh start, MAAGW_TEST_CLUSTER"
+        )
+    return [
+        (node.strip(), url.strip())
+        for node, url in (item.split("=", 1) for item in spec.split(","))
+    ]
+
+
+def _rabbitmqctl(node: str, *args: str) -> None:
+    subprocess.run(["rabbitmqctl", "-n", node, "-q", *args], check=True, timeout=120)
+
+
+async def test_the_loss_of_the_connected_cluster_node_moves_the_gateway_to_the_next(
+    tmp_path: Path,
+) -> None:
+    """On a 3-node cluster, stopping the node XA is connected to moves XA to another node; messages flow."""
+    cluster = _cluster()
+    urls = [url for _, url in cluster]
+    settings = {g: _with_nodes(s, *urls) for g, s in provision_pair(tmp_path).items()}
+    xa, xb = Gateway(settings["XA"]), Gateway(settings["XB"])
+    await xa.start()
+    await xb.start()
+    stopped: str | None = None
+    try:
+        await _flows(settings["XA"], settings["XB"])
+        connection = xa.runtime.relay._connection
+        assert connection is not None
+        stopped = cluster[connection.node][0]
+        with capture_logs() as logs:
+            await asyncio.to_thread(_rabbitmqctl, stopped, "stop_app")
+            for _ in range(600):
+                if xa.runtime.relay.ready and cluster[connection.node][0] != stopped:
+                    break
+                await asyncio.sleep(0.05)
+        assert xa.runtime.relay.ready
+        assert cluster[connection.node][0] != stopped
+        events = [e["event"] for e in logs if e["event"].startswith("relay_")]
+        print(
+            f"\nstopped {stopped}: {[(e['event'], e.get('broker')) for e in logs if 'broker' in e]}"
+        )
+        assert events[0] == "relay_connection_lost" and "relay_reconnected" in events
+        await _flows(settings["XA"], settings["XB"])
+    finally:
+        await xa.stop()
+        await xb.stop()
+        if stopped is not None:
+            await asyncio.to_thread(_rabbitmqctl, stopped, "start_app")
+        live = urls[0]
+        for s in settings.values():
+            await delete_topology(live, Names(s.broker.prefix), list(s.partners))
