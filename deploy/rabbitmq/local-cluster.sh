@@ -38,13 +38,22 @@ start)
             ERL_EPMD_ADDRESS=127.0.0.1 ERL_FLAGS='-kernel inet_dist_use_interface {127,0,0,1}' \
             nohup /usr/lib/rabbitmq/bin/rabbitmq-server > $dir/n$i/stdout 2>&1 &"
     done
-    for i in 1 2 3; do rabbitmqctl -n "rb$i@localhost" -q await_startup --timeout 120; done
+    for i in 1 2 3; do
+        # await_startup needs the node registered with epmd: wait for that first
+        tries=0
+        until rabbitmqctl -n "rb$i@localhost" -q ping >/dev/null 2>&1; do
+            tries=$((tries + 1))
+            [ "$tries" -lt 120 ] || { echo "rb$i@localhost did not start: see $dir/n$i/log" >&2; exit 1; }
+            sleep 1
+        done
+        rabbitmqctl -n "rb$i@localhost" -q await_startup --timeout 120
+    done
     for i in 2 3; do
         rabbitmqctl -n "rb$i@localhost" -q stop_app
         rabbitmqctl -n "rb$i@localhost" -q join_cluster rb1@localhost
         rabbitmqctl -n "rb$i@localhost" -q start_app
     done
-    rabbitmqctl -n rb1@localhost -q cluster_status | sed -n '/Running Nodes/,/^$/p'
+    rabbitmqctl -n rb1@localhost -q cluster_status | sed -n '/Running Nodes/,/Versions/p' | grep '@'
     ;;
 stop)
     for i in 3 2 1; do rabbitmqctl -n "rb$i@localhost" -q stop 2>/dev/null || true; done
