@@ -209,7 +209,7 @@ async def _exchange(settings: dict[str, Settings], timeline: Timeline) -> bool:
         for g in started:
             await g.stop()
         raise
-    connection = await connect_robust(xa.broker.url)
+    connection = await connect_robust(xa.broker.urls)
     try:
         offices = {gid: await BackOffice(s, connection).open() for gid, s in settings.items()}
         # the national form limits references to 35 characters (as the WCO data model does)

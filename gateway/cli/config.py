@@ -79,7 +79,7 @@ def config_topology(
 
     settings = settings_from(config_path)
     names = Names("" if no_prefix else settings.broker.prefix)
-    vhost = vhost or url_vhost(settings.broker.url)
+    vhost = vhost or url_vhost(settings.broker.urls[0])
     text = json.dumps(topology(names, settings.partners, vhost), indent=2) + "\n"
     if out is None:
         click.echo(text, nl=False)

@@ -201,7 +201,7 @@ def replay_dead(config_path: Path | None, dead_id: int, actor: str | None, again
             k: v for k, v in (props.get("headers") or {}).items() if k not in _GATEWAY_HEADERS
         }
         relay = Relay(
-            settings.broker.url,
+            settings.broker.urls,
             Names(settings.broker.prefix),
             connection_name=f"maagw-replay-{settings.gateway_id}",
         )

@@ -73,7 +73,7 @@ def send(
 
     async def publish() -> None:
         relay = Relay(
-            settings.broker.url,
+            settings.broker.urls,
             Names(settings.broker.prefix),
             connection_name=f"maagw-send-{settings.gateway_id}",
         )

@@ -154,7 +154,14 @@ def _apply_env(raw: dict[str, Any], env: Mapping[str, str]) -> None:
         if var in env:
             table = raw.setdefault(section, {})
             if isinstance(table, dict):
-                table[key] = env[var]
+                table[key] = _env_value(var, env[var])
+
+
+def _env_value(var: str, value: str) -> str | list[str]:
+    """A list for ``MAAGW_BROKER_URL`` naming several nodes (comma-separated), else the text."""
+    if var == "MAAGW_BROKER_URL" and "," in value:
+        return [url.strip() for url in value.split(",") if url.strip()]
+    return value
 
 
 def _resolve(base: Path, value: Path) -> Path:

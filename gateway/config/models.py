@@ -75,10 +75,37 @@ class SigningSection(_Model):
 
 
 class BrokerSection(_Model):
-    url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    #: one node's URL, or the nodes of a cluster in the order to try them (docs/deployment.md)
+    url: str | tuple[str, ...] = "amqp://guest:guest@127.0.0.1:5672/"
     prefix: str = ""
     prefetch: int = Field(default=64, gt=0, le=10_000)
     confirm_timeout: float = Field(default=10.0, gt=0)
+    #: after a failed connection attempt the next waits this long, doubling up to the maximum
+    reconnect_min_seconds: float = Field(default=1.0, gt=0, le=3600)
+    reconnect_max_seconds: float = Field(default=30.0, gt=0, le=3600)
+
+    @field_validator("url")
+    @classmethod
+    def _node_urls(cls, value: str | tuple[str, ...]) -> str | tuple[str, ...]:
+        urls = (value,) if isinstance(value, str) else value
+        if not urls:
+            raise ValueError("the list of broker nodes is empty")
+        for url in urls:
+            if not url.startswith(("amqp://", "amqps://")):
+                # the URL may hold a password: name the node by its position only
+                raise ValueError(f"node {urls.index(url) + 1}: not an amqp:// or amqps:// URL")
+        return value
+
+    @model_validator(mode="after")
+    def _backoff_range(self) -> BrokerSection:
+        if self.reconnect_max_seconds < self.reconnect_min_seconds:
+            raise ValueError("reconnect_max_seconds is below reconnect_min_seconds")
+        return self
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        """The nodes' URLs in the order the gateway tries them."""
+        return (self.url,) if isinstance(self.url, str) else self.url
 
 
 class AuditSection(_Model):

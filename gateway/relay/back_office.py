@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +18,7 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobus
 
 from gateway.config.models import Settings
 from gateway.contract import AmqpHeader
+from gateway.relay.broker import connect_nodes
 
 
 @dataclass
@@ -118,12 +119,21 @@ class BackOffice:
 
 async def open_office(settings: Settings) -> BackOffice:
     """A back office of ``settings``' administration on a connection of its own."""
-    return await BackOffice(settings, await connect_robust(settings.broker.url)).open()
+    broker = settings.broker
+    connection = await connect_nodes(
+        broker.urls,
+        min_delay=broker.reconnect_min_seconds,
+        max_delay=broker.reconnect_max_seconds,
+    )
+    return await BackOffice(settings, connection).open()
 
 
-async def connect_robust(url: str) -> AbstractRobustConnection:
-    """A connection that reconnects by itself (several back offices may share it)."""
-    return await aio_pika.connect_robust(url)
+async def connect_robust(url: str | Sequence[str]) -> AbstractRobustConnection:
+    """A connection that reconnects by itself, to the next node of a list when one is lost.
+
+    Several back offices may share it.
+    """
+    return await connect_nodes((url,) if isinstance(url, str) else url)
 
 
 async def probe(url: str, *, timeout: float = 5.0) -> None:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import aio_pika
@@ -33,8 +33,8 @@ from aio_pika.abc import (
     AbstractExchange,
     AbstractIncomingMessage,
     AbstractQueue,
-    AbstractRobustConnection,
 )
+from yarl import URL
 
 from gateway.contract import AmqpHeader
 from gateway.errors import ErrorCode, RelayError
@@ -117,54 +117,199 @@ class _Incoming:
         await self._message.reject(requeue=False)
 
 
-class Relay:
-    """One robust connection to the broker: declare, publish with confirms, consume."""
+class NodeListConnection(aio_pika.RobustConnection):
+    """aio-pika's robust connection, moving on to the next node of a cluster when one fails.
+
+    aio-pika reconnects to one URL only (mosquito/aio-pika#141). Everything else is
+    its own: on the new connection its robust channels reopen with their QoS, redeclare
+    the exchanges, queues and bindings declared through them and consume again. This
+    class only chooses the URL of each attempt and the pause after a failed one:
+    aio-pika reports every lost connection and every failed attempt to
+    ``_on_connection_close``, so that is where the next node is chosen, in turn from
+    the one after the node lost, and where the pause doubles (``min_delay`` up to
+    ``max_delay``; aio-pika makes the first attempt after a loss at once). A
+    connection made resets the pause. The switches are logged as warnings naming the node, without
+    its password.
+    """
 
     def __init__(
         self,
-        url: str,
+        nodes: Sequence[str],
+        *,
+        first: int = 0,
+        min_delay: float = 1.0,
+        max_delay: float = 30.0,
+        **kwargs: Any,
+    ) -> None:
+        if not nodes:
+            raise ValueError("no broker node")
+        self.nodes = tuple(nodes)
+        self.node = first % len(self.nodes)
+        self.min_delay = min_delay
+        self.max_delay = max_delay
+        self._failures = 0
+        self._was_connected = False
+        #: connected and restored (aio-pika sets ``connected`` before the channels are back)
+        self._up = False
+        super().__init__(URL(self.nodes[self.node]), **kwargs)
+        self.reconnect_interval = min_delay
+
+    @property
+    def restored(self) -> bool:
+        """Connected to a node and the channels, topology and consumers back on it."""
+        return self._up and self.connected.is_set()
+
+    @property
+    def node_url(self) -> str:
+        """The node connected (or tried next), without its password."""
+        return _safe_url(self.nodes[self.node])
+
+    def _advance(self) -> None:
+        self.node = next_node(self.node, len(self.nodes))
+        self.url = URL(self.nodes[self.node])
+
+    async def _on_connection_close(self, closing: asyncio.Future[Any]) -> None:
+        lost, self._up = self._up, False
+        gone = self.node_url
+        if not (self._close_called or self.is_closed):
+            if not lost:
+                self._failures += 1
+                self.reconnect_interval = backoff(self._failures, self.min_delay, self.max_delay)
+            self._advance()
+            if lost:
+                log.warning("relay_connection_lost", broker=gone, next=self.node_url)
+            elif self._was_connected:
+                log.warning(
+                    "relay_node_unreachable",
+                    broker=gone,
+                    next=self.node_url,
+                    retry_in=self.reconnect_interval,
+                )
+        await super()._on_connection_close(closing)
+
+    async def _on_connected(self) -> None:
+        await super()._on_connected()
+        if self._was_connected:
+            log.warning("relay_reconnected", broker=self.node_url)
+        self._was_connected = self._up = True
+        self._failures = 0
+        self.reconnect_interval = self.min_delay
+
+
+def next_node(current: int, count: int) -> int:
+    """The node tried after ``current`` among ``count``: the next one, round the list."""
+    return (current + 1) % count
+
+
+def backoff(failures: int, min_delay: float, max_delay: float) -> float:
+    """The pause after the ``failures``-th failed attempt in a row: doubling, capped."""
+    return float(min(max_delay, min_delay * 2 ** max(0, failures - 1)))
+
+
+async def connect_nodes(
+    nodes: Sequence[str],
+    *,
+    timeout: float = 10.0,
+    min_delay: float = 1.0,
+    max_delay: float = 30.0,
+    connection_name: str | None = None,
+) -> NodeListConnection:
+    """A robust connection to the first node of ``nodes`` that answers, in order.
+
+    Raises ``RelayError`` when none does: a refusal (login, vhost) rather than the
+    last node's silence when some node refused.
+    """
+    errors: list[RelayError] = []
+    for first, url in enumerate(nodes):
+        connection = NodeListConnection(
+            nodes,
+            first=first,
+            min_delay=min_delay,
+            max_delay=max_delay,
+            **(
+                {"client_properties": {"connection_name": connection_name}}
+                if connection_name
+                else {}
+            ),
+        )
+        try:
+            await connection.connect(timeout=timeout)
+        except (TimeoutError, aiormq.exceptions.AMQPError, OSError) as exc:
+            await connection.close()
+            errors.append(broker_error(exc, url))
+            if len(nodes) > 1:
+                log.warning("relay_node_unreachable", broker=_safe_url(url), reason=str(exc))
+            continue
+        return connection
+    refused = [e for e in errors if e.code != ErrorCode.RELAY_UNAVAILABLE]
+    if refused or len(errors) == 1:
+        raise (refused or errors)[0]
+    raise RelayError("cannot reach any broker node: " + "; ".join(e.reason for e in errors))
+
+
+class Relay:
+    """One robust connection to the broker: declare, publish with confirms, consume.
+
+    ``url`` is one node's URL or a cluster's nodes in order (``NodeListConnection``).
+    """
+
+    def __init__(
+        self,
+        url: str | Sequence[str],
         names: Names,
         *,
         confirm_timeout: float = 10.0,
         prefetch: int = 64,
         connection_name: str = "maagw",
+        reconnect_min_seconds: float = 1.0,
+        reconnect_max_seconds: float = 30.0,
     ) -> None:
-        self.url = url
+        self.urls = (url,) if isinstance(url, str) else tuple(url)
         self.names = names
         self.confirm_timeout = confirm_timeout
         self.prefetch = prefetch
         self.connection_name = connection_name
-        self._connection: AbstractRobustConnection | None = None
+        self.reconnect_min_seconds = reconnect_min_seconds
+        self.reconnect_max_seconds = reconnect_max_seconds
+        self._connection: NodeListConnection | None = None
         self._channel: AbstractChannel | None = None
         self._exchanges: dict[str, AbstractExchange] = {}
         self._consumers: list[tuple[AbstractQueue, str]] = []
 
     @property
     def ready(self) -> bool:
-        """True while the connection and the publishing channel are open."""
+        """True while a node is connected, all restored on it, and the publishing channel open."""
         return (
             self._connection is not None
             and not self._connection.is_closed
+            and self._connection.restored
             and self._channel is not None
             and not self._channel.is_closed
         )
 
     async def connect(self, partners: Iterable[str]) -> None:
-        """Connect (robustly: reconnects by itself) and declare the topology."""
+        """Connect to the first node that answers and declare the topology.
+
+        The connection is robust: lost, it is made again, to the next node
+        (``NodeListConnection``), and the channels, topology and consumers come back.
+        """
+        self._connection = await connect_nodes(
+            self.urls,
+            timeout=10,
+            min_delay=self.reconnect_min_seconds,
+            max_delay=self.reconnect_max_seconds,
+            connection_name=self.connection_name,
+        )
         try:
-            self._connection = await aio_pika.connect_robust(
-                self.url,
-                client_properties={"connection_name": self.connection_name},
-                timeout=10,
-            )
             self._channel = await self._connection.channel(
                 publisher_confirms=True, on_return_raises=True
             )
             await self._declare(self._channel, topology(self.names, partners))
         except (TimeoutError, aiormq.exceptions.AMQPError, OSError) as exc:
+            node = self._connection.nodes[self._connection.node]
             await self.close()
-            raise broker_error(exc, self.url) from exc
-        log.info("relay_connected", broker=_safe_url(self.url))
+            raise broker_error(exc, node) from exc
+        log.info("relay_connected", broker=self._connection.node_url)
 
     async def _declare(self, channel: AbstractChannel, defs: Mapping[str, Any]) -> None:
         types = {

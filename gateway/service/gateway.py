@@ -191,11 +191,13 @@ class Gateway:
         self.leadership.start()
         await record_signing_cert(audit, signer.cert, "system")
         relay = Relay(
-            s.broker.url,
+            s.broker.urls,
             Names(s.broker.prefix),
             confirm_timeout=s.broker.confirm_timeout,
             prefetch=s.broker.prefetch,
             connection_name=f"maagw-{s.broker.prefix}{s.gateway_id}",
+            reconnect_min_seconds=s.broker.reconnect_min_seconds,
+            reconnect_max_seconds=s.broker.reconnect_max_seconds,
         )
         try:
             await relay.connect(s.partners)

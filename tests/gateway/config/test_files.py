@@ -45,6 +45,24 @@ def test_the_state_store_is_sqlite_under_state_dir_unless_a_url_says_otherwise(
     assert moved.state_location == url
 
 
+def test_the_broker_url_variable_may_list_several_nodes(example: Path) -> None:
+    """MAAGW_BROKER_URL with commas names the nodes of a cluster, in order."""
+    env = {"MAAGW_BROKER_URL": "amqp://u:p@node-1:5672/, amqp://u:p@node-2:5672/"}
+    settings = load_settings(example, env=env)
+    assert settings.broker.urls == ("amqp://u:p@node-1:5672/", "amqp://u:p@node-2:5672/")
+
+
+def test_a_toml_array_of_broker_urls_is_read_in_order(example: Path) -> None:
+    """`[broker] url = [...]` in gateway.toml gives the nodes in the order written."""
+    text = example.read_text()
+    start = text.index("[broker]")
+    line = next(ln for ln in text[start:].splitlines() if ln.startswith("url"))
+    nodes = '["amqp://u:p@node-1:5672/", "amqp://u:p@node-2:5672/"]'
+    example.write_text(text[:start] + text[start:].replace(line, f"url = {nodes}", 1))
+    settings = load_settings(example, env={})
+    assert settings.broker.urls == ("amqp://u:p@node-1:5672/", "amqp://u:p@node-2:5672/")
+
+
 @pytest.mark.parametrize(
     ("edit", "expected"),
     [
