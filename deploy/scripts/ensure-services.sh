@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Make sure the local services the demo and the tests use are reachable:
 # RabbitMQ (required), PostgreSQL (the audit log's second backend), and the
-# xmlsec1 and openssl command-line tools (interop tests).
+# xmlsec1 and openssl command-line tools (interop tests), HAProxy (the load-balancer test).
 # Starts an installed server that is not running; as root on Debian, installs
 # a missing one from Debian's packages. Idempotent and quick when all is up.
 set -u
@@ -58,4 +58,5 @@ port_open 5432 || say "PostgreSQL is not reachable on 127.0.0.1:5432 (PostgreSQL
 # --- command-line tools used by interop tests -------------------------------------
 command -v xmlsec1 >/dev/null || apt_install xmlsec1 || say "xmlsec1 missing: its interop tests cannot run"
 command -v openssl >/dev/null || apt_install openssl || say "openssl missing"
+command -v haproxy >/dev/null || apt_install haproxy || say "haproxy missing: the load-balancer tests cannot run"
 exit 0

@@ -410,7 +410,11 @@ class Relay:
             channel = await self._connection.channel()
             await channel.set_qos(prefetch_count=self.prefetch)
             queue = await channel.get_queue(queue_name, ensure=True)
-            tag = await queue.consume(lambda m: handler(_Incoming(m)), no_ack=False)
+
+            async def on_message(message: AbstractIncomingMessage) -> None:
+                await handler(_Incoming(message))
+
+            tag = await queue.consume(on_message, no_ack=False)
         except (TimeoutError, aiormq.exceptions.AMQPError, OSError, RuntimeError) as exc:
             raise RelayError(f"cannot consume {queue_name}: {exc!r}") from exc
         self._consumers.append((queue, tag))
