@@ -279,7 +279,11 @@ class AuditLog:
             if self._signer is not None:
                 timeout = max(0.0, self._last_cp_mono + self._cp_seconds - loop.time())
             try:
-                await asyncio.wait_for(self._wake.wait(), timeout)
+                # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a
+                # cancellation that arrives as the event is set, and a writer that ignored its
+                # cancellation would hold a shutdown (asyncio.run waits for it) for ever
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
             except TimeoutError:
                 await self._maybe_checkpoint(fresh=True)
                 continue

@@ -58,6 +58,10 @@ STORE_RETRY_SECONDS = 4
 REQUEUE_PAUSE_SECONDS = 1.0
 
 
+#: how long a nack may take before the broker is left to requeue the message by itself
+NACK_TIMEOUT_SECONDS = 5.0
+
+
 #: jitter only: not a secret
 _rng = random.Random()  # noqa: S311
 
@@ -416,7 +420,9 @@ async def give_back(
     """Return a message to its queue (after a pause, so that a fault does not spin).
 
     If the channel is gone the broker has already requeued it. The queue's delivery
-    limit bounds how often this can happen to one message.
+    limit bounds how often this can happen to one message. The nack is bounded: on a
+    connection being lost or closed (a shutdown) it could wait for a reconnection that
+    never comes, and the broker requeues an unacknowledged message anyway.
     """
     if message.processed:
         return
@@ -424,7 +430,8 @@ async def give_back(
     if pause:
         await asyncio.sleep(pause)
     try:
-        await message.nack(requeue=True)
+        async with asyncio.timeout(NACK_TIMEOUT_SECONDS):
+            await message.nack(requeue=True)
     except Exception:
         log.info("nack_skipped_channel_closed")
 

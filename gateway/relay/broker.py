@@ -460,7 +460,8 @@ class Relay:
         for queue, tag in self._consumers:
             try:
                 # bounded: on a lost connection a robust channel waits for the broker to return
-                await asyncio.wait_for(queue.cancel(tag), timeout=self.confirm_timeout)
+                async with asyncio.timeout(self.confirm_timeout):
+                    await queue.cancel(tag)
             except (TimeoutError, aiormq.exceptions.AMQPError, OSError, RuntimeError):
                 log.warning("consumer_cancel_failed", queue=queue.name)
         self._consumers.clear()

@@ -116,7 +116,8 @@ class Leadership:
         connection, self._connection = self._connection, None
         if connection is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(connection.close(), STATEMENT_TIMEOUT)
+                async with asyncio.timeout(STATEMENT_TIMEOUT):
+                    await connection.close()
 
     def _set(self, leads: bool) -> None:
         if leads != self._leads:

@@ -438,7 +438,8 @@ class Reloader:
 
         try:
             # bounded: a broker that stops answering must not hold the reload lock
-            await asyncio.wait_for(follow(), timeout=relay.confirm_timeout)
+            async with asyncio.timeout(relay.confirm_timeout):
+                await follow()
         except (RelayError, TimeoutError) as exc:
             reason = exc.reason if isinstance(exc, RelayError) else "the broker did not answer"
             log.warning("reload_consumers_failed", partners=",".join(missing), reason=reason)
