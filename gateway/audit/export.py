@@ -21,6 +21,7 @@ from gateway.audit.backend import (
 from gateway.audit.certs import CERT_RECORDED, CertRecord, RecordedTrust, record_from
 from gateway.audit.chain import (
     CHECKPOINT_FORMAT,
+    ROW_COLUMNS,
     canonical_entry,
     canonical_json,
 )
@@ -171,24 +172,8 @@ def _bundle_cert_records(path: Path) -> list[CertRecord]:
     return records
 
 
-_ROW_KEYS = (
-    "seq",
-    "time",
-    "gateway",
-    "event",
-    "direction",
-    "partner",
-    "agreement",
-    "message_type",
-    "message_id",
-    "correlation_id",
-    "envelope_digest",
-    "receipt_digest",
-    "outcome",
-    "code",
-    "reason",
-    "actor",
-)
+#: the plain fields of an exported entry, in row order (details and the hashes follow)
+_ROW_KEYS = ROW_COLUMNS[: ROW_COLUMNS.index("details")]
 
 
 def _row_from_json(line: bytes) -> tuple[Any, ...]:
